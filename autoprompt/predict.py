@@ -1,0 +1,111 @@
+"""Production use of a prompt file: ``load_prompt(path).predict(inputs)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from autoprompt.errors import PromptFileError, TemplateError
+from autoprompt.model import LanguageModel, load_model
+from autoprompt.prompt import Prompt
+from autoprompt.prompt_file import PromptFile, read_prompt_file
+from autoprompt.scoring import render_template, score_labels, score_targets
+from autoprompt.task import Example
+from autoprompt.template import fill_template
+
+log = logging.getLogger(__name__)
+
+Input = str | dict[str, Any]
+
+
+class Predictor:
+    """A prompt bound to its model, ready to predict."""
+
+    def __init__(self, prompt: Prompt, model: LanguageModel, *, info: PromptFile | None = None) -> None:
+        self.prompt = prompt
+        self.model = model
+        self.info = info
+
+    @property
+    def labels(self) -> list[str]:
+        return self.prompt.labels
+
+    def predict(self, inputs: Input | list[Input]) -> str | list[str]:
+        """The predicted label (or answer) for one input or a list of inputs."""
+        single = not isinstance(inputs, list)
+        examples = self._examples(inputs)
+        if self.prompt.is_classification:
+            scores = score_labels(self.model, self.prompt, examples)
+            out = [self.labels[k] for k in scores.argmax(axis=1)]
+        else:
+            _, _, top = score_targets(self.model, self.prompt, [_with_answer(e) for e in examples])
+            out = [self.model.tokenizer.decode([t]).strip() for t in top]
+        return out[0] if single else out
+
+    def predict_proba(self, inputs: Input | list[Input]) -> dict[str, float] | list[dict[str, float]]:
+        """Probability of each label, normalised over the labels, for one input or a list."""
+        if not self.prompt.is_classification:
+            raise TemplateError("predict_proba needs a classification prompt (one with a verbalizer)")
+        single = not isinstance(inputs, list)
+        scores = score_labels(self.model, self.prompt, self._examples(inputs))
+        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        out = [dict(zip(self.labels, map(float, row), strict=False)) for row in probs]
+        return out[0] if single else out
+
+    def render(self, example: Input) -> str:
+        """The prompt text the model reads for one input (up to the answer)."""
+        fields = self._examples(example)[0].fields
+        template = render_template(self.model, self.prompt)
+        answer = None if self.model.is_causal else self.model.tokenizer.mask_token
+        return fill_template(template, fields, answer=answer, triggers=list(self.prompt.trigger_tokens))
+
+    def _examples(self, inputs: Input | list[Input]) -> list[Example]:
+        items = inputs if isinstance(inputs, list) else [inputs]
+        fields = list(self.prompt.fields)
+        out = []
+        for n, item in enumerate(items):
+            if isinstance(item, str):
+                if len(fields) != 1:
+                    raise TemplateError(f"input {n}: a plain string needs a one-field prompt; this one takes "
+                                        f"{', '.join(fields) or 'unknown fields'} (pass a dict)")
+                item = {fields[0]: item}
+            if not isinstance(item, dict):
+                raise TemplateError(f"input {n}: expected a string or a dict of fields, got {type(item).__name__}")
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise TemplateError(f"input {n}: missing field(s) {', '.join(missing)}; the prompt takes {', '.join(fields)}")
+            out.append(Example(fields={k: str(v) for k, v in item.items()}, answer=None, source=f"input {n}"))
+        return out
+
+
+def _with_answer(example: Example) -> Example:
+    # score_targets needs some target; only the top-1 token at [P] is used for predictions
+    return Example(example.fields, "x", example.source)
+
+
+def load_prompt(path: str | os.PathLike, *, model: str | LanguageModel | None = None, device: str | None = None,
+                dtype: str | None = None, allow_tokenizer_mismatch: bool = False,
+                trust_remote_code: bool = False) -> Predictor:
+    """Load a prompt file and its model; returns a Predictor.
+
+    ``model`` overrides the model the file names (a name, a path or a loaded model); its
+    tokenizer must match the file's fingerprint unless ``allow_tokenizer_mismatch``."""
+    info = read_prompt_file(path)
+    ref = info.prompt.model
+    if isinstance(model, LanguageModel):
+        lm = model
+    else:
+        lm = load_model(model or ref.name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    if lm.kind != ref.kind:
+        raise PromptFileError(f"{path}: the prompt was made for a {ref.kind} LM, but {lm.name} is {lm.kind}")
+    if lm.tokenizer_fingerprint != ref.tokenizer_fingerprint:
+        message = (f"{path}: the tokenizer of {lm.name} ({lm.tokenizer_fingerprint}) is not the one the prompt "
+                   f"was made for ({ref.name}, {ref.tokenizer_fingerprint}); trigger ids would mean other tokens")
+        if not allow_tokenizer_mismatch:
+            raise PromptFileError(message + " (allow_tokenizer_mismatch=True to use it anyway)")
+        log.warning(message)
+    return Predictor(info.prompt, lm, info=info)

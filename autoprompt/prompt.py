@@ -1,0 +1,99 @@
+"""The Prompt: the one central value that searches produce, the scorer takes, files store
+and the predictor runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from autoprompt.errors import TemplateError
+from autoprompt.task import Example
+from autoprompt.template import count_triggers, escape_literal, fill_template, parse_template
+
+if TYPE_CHECKING:
+    from autoprompt.task import Task
+
+DEMO_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a prompt was found for."""
+
+    name: str  # what the user named: an alias, a hub id or a path
+    source: str  # what was loaded: the resolved file, folder or hub id
+    kind: str  # "causal" | "masked"
+    tokenizer_fingerprint: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A fully specified prompt: template, triggers, instruction, demonstrations, verbalizer."""
+
+    template: str
+    verbalizer: dict[str, list[str]] | None = None  # label -> words; None: free-form answers
+    trigger_ids: tuple[int, ...] = ()
+    trigger_tokens: tuple[str, ...] = ()  # the text of each trigger token, for people and exports
+    instruction: str = ""
+    demonstrations: tuple[Example, ...] = ()
+    chat: bool = False
+    model: ModelRef | None = None
+    fields: tuple[str, ...] = field(default=())  # the input fields it expects
+
+    def __post_init__(self) -> None:
+        parse_template(self.template)
+        if len(self.trigger_ids) != len(self.trigger_tokens):
+            raise TemplateError("a prompt needs one text per trigger id")
+
+    @classmethod
+    def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:
+        """The task's manual prompt (its baseline); trigger slots removed unless asked."""
+        template = remove_triggers(task.template) if drop_triggers else task.template
+        return cls(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields))
+
+    @property
+    def is_classification(self) -> bool:
+        return self.verbalizer is not None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.verbalizer or {})
+
+    @property
+    def n_trigger_slots(self) -> int:
+        return count_triggers(self.template)
+
+    def with_triggers(self, trigger_ids: list[int], trigger_tokens: list[str]) -> Prompt:
+        return replace(self, trigger_ids=tuple(trigger_ids), trigger_tokens=tuple(trigger_tokens))
+
+    def expanded_template(self) -> str:
+        """The template with instruction and demonstrations written in (before chat wrapping)."""
+        template = self.template
+        instruction = escape_literal(self.instruction)
+        demos = escape_literal(self.demos_text())
+        if "{instruction}" in template:
+            template = template.replace("{instruction}", instruction)
+        elif instruction:
+            template = instruction + "\n" + template
+        if "{demos}" in template:
+            template = template.replace("{demos}", demos)
+        elif demos:
+            template = demos + DEMO_SEPARATOR + template
+        return template
+
+    def demos_text(self) -> str:
+        """The demonstrations rendered with the template itself, answers filled in."""
+        demo_template = remove_triggers(self.template).replace("{instruction}", "").replace("{demos}", "")
+        shown = []
+        for demo in self.demonstrations:
+            word = (self.verbalizer or {}).get(demo.answer, [demo.answer])[0] if self.verbalizer else demo.answer
+            shown.append(fill_template(demo_template, demo.fields, answer=word).strip())
+        return DEMO_SEPARATOR.join(shown)
+
+
+def remove_triggers(template: str) -> str:
+    """The template with its [T] slots (and the spaces before them) removed."""
+    out = template
+    while " [T]" in out:
+        out = out.replace(" [T]", "")
+    return out.replace("[T]", "")

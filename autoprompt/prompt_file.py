@@ -1,0 +1,178 @@
+"""Prompt files: a Prompt on disk as versioned JSON, validated completely before use."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprompt.errors import AutoPromptError, PromptFileError
+from autoprompt.prompt import ModelRef, Prompt
+from autoprompt.task import Example
+
+FORMAT = "autoprompt.prompt/v1"
+SUFFIX = ".prompt.json"
+MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
+
+_TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
+             "verbalizer", "triggers", "chat", "model", "metrics", "search"}
+_REQUIRED = {"format", "template", "model", "task"}
+
+
+@dataclass
+class PromptFile:
+    """A Prompt with what the file says about it: task, metrics, how it was found."""
+
+    prompt: Prompt
+    task_name: str = ""
+    metric: str = "accuracy"
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
+    search: dict[str, Any] = field(default_factory=lambda: {"method": "manual"})
+    created: str = ""
+    autoprompt_version: str = ""
+
+
+def to_json(pf: PromptFile) -> dict[str, Any]:
+    from autoprompt import __version__
+
+    p = pf.prompt
+    if p.model is None:
+        raise PromptFileError("a prompt file needs the model the prompt was made for")
+    return {
+        "format": FORMAT,
+        "autoprompt_version": pf.autoprompt_version or __version__,
+        "created": pf.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": {"name": pf.task_name, "fields": list(p.fields), "metric": pf.metric},
+        "template": p.template,
+        "instruction": p.instruction,
+        "demonstrations": [{"fields": d.fields, "answer": d.answer} for d in p.demonstrations],
+        "verbalizer": p.verbalizer,
+        "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
+        "chat": p.chat,
+        "model": {"name": p.model.name, "source": p.model.source, "kind": p.model.kind,
+                  "tokenizer_fingerprint": p.model.tokenizer_fingerprint},
+        "metrics": pf.metrics,
+        "search": pf.search,
+    }
+
+
+def save_prompt_file(pf: PromptFile, path: str | os.PathLike) -> Path:
+    """Write a prompt file atomically; returns its path."""
+    path = Path(path)
+    write_atomic(path, json.dumps(to_json(pf), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_prompt_file(path: str | os.PathLike) -> PromptFile:
+    """Read and validate a prompt file; all or nothing."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise PromptFileError(f"{path}: no such prompt file") from None
+    if size > MAX_BYTES:
+        raise PromptFileError(f"{path}: {size:,} bytes is too big for a prompt file (limit {MAX_BYTES:,})")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise PromptFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise PromptFileError(f"{path}: JSON nested too deeply") from None
+    try:
+        return from_json(data)
+    except PromptFileError as exc:
+        raise PromptFileError(f"{path}: {exc}") from None
+    except AutoPromptError as exc:  # e.g. a template the parser rejects
+        raise PromptFileError(f"{path}: {exc}") from None
+
+
+def from_json(data: Any) -> PromptFile:
+    """Build a PromptFile from parsed JSON, checking every field's type first."""
+    _check(isinstance(data, dict), "the top level must be a JSON object")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        _check(isinstance(fmt, str) and fmt.startswith("autoprompt.prompt/"),
+               f"not an autoprompt prompt file (format {fmt!r}, expected {FORMAT!r})")
+        raise PromptFileError(f"format {fmt!r} is not one this version reads ({FORMAT}); "
+                              "upgrade autoprompt or re-export the prompt")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    _check(not unknown, f"unknown keys: {', '.join(unknown)}")
+    missing = sorted(_REQUIRED - set(data))
+    _check(not missing, f"missing keys: {', '.join(missing)}")
+    task = _typed(data["task"], dict, "task")
+    model = _typed(data["model"], dict, "model")
+    for key in ("name", "source", "kind", "tokenizer_fingerprint"):
+        _typed(model.get(key), str, f"model.{key}")
+    _check(model["kind"] in ("causal", "masked"), f"model.kind must be causal or masked, not {model['kind']!r}")
+    fields = [_typed(f, str, "task.fields[]") for f in _typed(task.get("fields", []), list, "task.fields")]
+    verbalizer = data.get("verbalizer")
+    if verbalizer is not None:
+        _typed(verbalizer, dict, "verbalizer")
+        _check(len(verbalizer) >= 2, "verbalizer needs at least two labels")
+        for label, words in verbalizer.items():
+            _check(isinstance(words, list) and words and all(isinstance(w, str) and w for w in words),
+                   f"verbalizer[{label!r}] must be a non-empty list of words")
+    triggers = _typed(data.get("triggers", []), list, "triggers")
+    for t in triggers:
+        _check(isinstance(t, dict) and isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)
+               and t["id"] >= 0 and isinstance(t.get("text"), str), "each trigger must be {\"id\": int >= 0, \"text\": str}")
+    demos = []
+    for d in _typed(data.get("demonstrations", []), list, "demonstrations"):
+        _check(isinstance(d, dict) and isinstance(d.get("fields"), dict)
+               and all(isinstance(v, str) for v in d["fields"].values()) and isinstance(d.get("answer"), str),
+               "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
+        demos.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
+    metrics = _typed(data.get("metrics", {}), dict, "metrics")
+    for split, values in metrics.items():
+        _check(isinstance(values, dict) and all(isinstance(v, (int, float)) for v in values.values()),
+               f"metrics[{split!r}] must map metric names to numbers")
+    prompt = Prompt(
+        template=_typed(data["template"], str, "template"),
+        verbalizer={k: list(v) for k, v in verbalizer.items()} if verbalizer is not None else None,
+        trigger_ids=tuple(t["id"] for t in triggers),
+        trigger_tokens=tuple(t["text"] for t in triggers),
+        instruction=_typed(data.get("instruction", ""), str, "instruction"),
+        demonstrations=tuple(demos),
+        chat=_typed(data.get("chat", False), bool, "chat"),
+        model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),
+        fields=tuple(fields),
+    )
+    _check(prompt.n_trigger_slots == len(triggers),
+           f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
+    return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),
+                      metric=_typed(task.get("metric", "accuracy"), str, "task.metric"), metrics=metrics,
+                      search=_typed(data.get("search", {}), dict, "search"),
+                      created=_typed(data.get("created", ""), str, "created"),
+                      autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise PromptFileError(message)
+
+
+def _typed(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise PromptFileError(f"{name} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

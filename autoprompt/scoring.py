@@ -1,0 +1,248 @@
+"""The batched scoring engine: log-probabilities of answers at [P], predictions, metrics.
+
+Every search calls this thousands of times. Sequences are sorted by length and packed into
+batches by a token budget, run under ``torch.inference_mode``, and the output head is
+applied only at the positions that predict answer tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoprompt.errors import TemplateError
+from autoprompt.template import Encoded, chat_wrap
+
+if TYPE_CHECKING:
+    from autoprompt.model import LanguageModel
+    from autoprompt.prompt import Prompt
+    from autoprompt.task import Example
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_TOKENS = 4096
+
+
+@dataclass
+class Evaluation:
+    """What scoring a prompt on examples gives: metrics, predictions and the raw scores."""
+
+    metrics: dict[str, float]
+    predictions: list[str]
+    label_log_probs: np.ndarray | None = None  # [n_examples, n_labels], classification
+    target_log_probs: np.ndarray | None = None  # [n_examples], free-form: log p(target)
+    target_ranks: np.ndarray | None = None  # [n_examples], rank of the target's first token
+    labels: list[str] = field(default_factory=list)
+
+
+def render_template(model: LanguageModel, prompt: Prompt) -> str:
+    """The template the model really reads: instruction, demos and chat wrapping written in."""
+    template = prompt.expanded_template()
+    return chat_wrap(template, model.tokenizer) if prompt.chat else template
+
+
+def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[Encoded]:
+    """Token ids of each example under the prompt (triggers in place, answer excluded)."""
+    template = render_template(model, prompt)
+    out = []
+    for example in examples:
+        try:
+            out.append(model.renderer.render(template, example.fields, list(prompt.trigger_ids)))
+        except TemplateError as exc:
+            where = f"{example.source}: " if example.source else ""
+            raise TemplateError(f"{where}{exc}") from None
+    return out
+
+
+def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]]:
+    """Token ids of every label word, [label][word] -> ids, as the answer at [P]."""
+    template = render_template(model, prompt)
+    ids = [[model.renderer.answer_ids(w, template) for w in words] for words in (prompt.verbalizer or {}).values()]
+    for label, words, word_ids in zip(prompt.labels, prompt.verbalizer.values(), ids, strict=False):
+        for word, token_ids in zip(words, word_ids, strict=False):
+            if not token_ids:
+                raise TemplateError(f"label {label!r}: the word {word!r} gives no tokens")
+            if not model.is_causal and len(token_ids) != 1:
+                pieces = model.tokenizer.convert_ids_to_tokens(token_ids)
+                raise TemplateError(f"label {label!r}: the word {word!r} is {len(token_ids)} tokens {pieces} "
+                                    f"for {model.name}; a masked LM needs single-token label words")
+    return ids
+
+
+def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
+    """Log-probability of each label at [P], [n_examples, n_labels].
+
+    A label's log-prob is log-sum-exp over its words; a multi-token word is scored by
+    teacher forcing (causal LMs), the sum of its tokens' log-probs."""
+    encoded = encode_examples(model, prompt, examples)
+    words = label_word_ids(model, prompt)
+    flat_words = [w for label_words in words for w in label_words]
+    word_label = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
+    queries = _Queries()
+    for i, enc in enumerate(encoded):
+        for j, word in enumerate(flat_words):
+            queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal)
+    word_log_probs = queries.run(model, batch_tokens, progress).reshape(len(encoded), len(flat_words))
+    scores = np.full((len(encoded), len(words)), -np.inf)
+    for label in range(len(words)):
+        scores[:, label] = _logsumexp(word_log_probs[:, word_label == label])
+    return scores
+
+
+def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
+                  batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n]."""
+    encoded = encode_examples(model, prompt, examples)
+    template = render_template(model, prompt)
+    queries = _Queries(want_rank=True)
+    for i, (enc, example) in enumerate(zip(encoded, examples, strict=False)):
+        target = model.renderer.answer_ids(example.answer or "", template)
+        if not target:
+            raise TemplateError(f"{example.source}: empty target")
+        if not model.is_causal:
+            target = target[:1]  # a masked LM fills one slot: score the first piece
+        queries.add_answer(enc, target, out_index=i, causal=model.is_causal)
+    log_probs = queries.run(model, batch_tokens, progress)
+    return log_probs, queries.first_rank, queries.first_top
+
+
+def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
+             batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> Evaluation:
+    """Score a prompt on labelled examples: predictions and metrics."""
+    if prompt.is_classification:
+        scores = score_labels(model, prompt, examples, batch_tokens=batch_tokens, progress=progress)
+        labels = prompt.labels
+        predicted = [labels[k] for k in scores.argmax(axis=1)]
+        gold = [e.answer for e in examples]
+        metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
+                   "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
+        return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
+    log_probs, ranks, top = score_targets(model, prompt, examples, batch_tokens=batch_tokens, progress=progress)
+    predicted = [model.tokenizer.decode([t]).strip() for t in top]
+    metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
+    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
+
+
+def _ordered(metrics: dict[str, float], first: str) -> dict[str, float]:
+    return {first: metrics[first], **metrics} if first in metrics else metrics
+
+
+# --- metrics: pure functions ---------------------------------------------------------------
+
+def accuracy(predicted: list[str], gold: list[str]) -> float:
+    return float(np.mean([p == g for p, g in zip(predicted, gold, strict=True)])) if gold else 0.0
+
+
+def macro_f1(predicted: list[str], gold: list[str], labels: list[str]) -> float:
+    f1s = []
+    for label in labels:
+        tp = sum(p == label and g == label for p, g in zip(predicted, gold, strict=False))
+        fp = sum(p == label and g != label for p, g in zip(predicted, gold, strict=False))
+        fn = sum(p != label and g == label for p, g in zip(predicted, gold, strict=False))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def precision_at_1(ranks: np.ndarray) -> float:
+    return float(np.mean(np.asarray(ranks) == 0)) if len(ranks) else 0.0
+
+
+def mrr(ranks: np.ndarray) -> float:
+    return float(np.mean(1.0 / (np.asarray(ranks) + 1))) if len(ranks) else 0.0
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+class _Queries:
+    """Answer-token queries grouped by the sequence they need, run in packed batches.
+
+    One sequence serves every word that shares its prefix, so single-token label words all
+    read the same forward pass."""
+
+    def __init__(self, want_rank: bool = False) -> None:
+        self.sequences: list[list[int]] = []
+        self._seq_index: dict[tuple[int, ...], int] = {}
+        self.seq, self.pos, self.token, self.out, self.is_first = [], [], [], [], []
+        self.want_rank = want_rank
+
+    def add_answer(self, enc: Encoded, answer: list[int], *, out_index: int, causal: bool) -> None:
+        ids = enc.input_ids + answer[:-1] if causal else enc.input_ids
+        key = tuple(ids)
+        seq = self._seq_index.setdefault(key, len(self.sequences))
+        if seq == len(self.sequences):
+            self.sequences.append(ids)
+        for k, token in enumerate(answer):
+            self.seq.append(seq)
+            self.pos.append(enc.answer_position + k)
+            self.token.append(token)
+            self.out.append(out_index)
+            self.is_first.append(k == 0)
+
+    def run(self, model: LanguageModel, batch_tokens: int, progress: bool) -> np.ndarray:
+        """Sum of answer-token log-probs per out_index; fills first_rank/first_top if asked."""
+        seq, pos, token = (np.asarray(a, dtype=np.int64) for a in (self.seq, self.pos, self.token))
+        token_log_probs = np.zeros(len(seq))
+        ranks = np.zeros(len(seq), dtype=np.int64)
+        tops = np.zeros(len(seq), dtype=np.int64)
+        order = np.argsort(seq, kind="stable")  # queries grouped by sequence
+        starts = np.searchsorted(seq[order], np.arange(len(self.sequences) + 1))
+        pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+        batches = pack_batches([len(s) for s in self.sequences], batch_tokens)
+        row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
+                ids, mask = pad_right([self.sequences[s] for s in batch], pad_id, model.device)
+                q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
+                row_of_seq[batch] = np.arange(len(batch))
+                row = row_of_seq[seq[q]]  # the row in this batch of each query's sequence
+                log_probs = model.log_probs_at(ids, mask, torch.as_tensor(row, device=model.device),
+                                               torch.as_tensor(pos[q], device=model.device))  # [n_q, vocab]
+                targets = torch.as_tensor(token[q], device=model.device)
+                gold = log_probs.gather(1, targets[:, None])[:, 0]
+                token_log_probs[q] = gold.cpu().numpy()
+                if self.want_rank:
+                    ranks[q] = (log_probs > gold[:, None]).sum(dim=1).cpu().numpy()
+                    tops[q] = log_probs.argmax(dim=1).cpu().numpy()
+        out = np.asarray(self.out)
+        n_out = out.max() + 1 if len(out) else 0
+        first = np.asarray(self.is_first)
+        self.first_rank = np.zeros(n_out, dtype=np.int64)
+        self.first_top = np.zeros(n_out, dtype=np.int64)
+        self.first_rank[out[first]] = ranks[first]
+        self.first_top[out[first]] = tops[first]
+        return np.bincount(out, weights=token_log_probs, minlength=n_out)
+
+
+def pack_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each at most ``batch_tokens`` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def pad_right(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask, [batch, max_len]; positions stay those of the text."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for r, s in enumerate(sequences):
+        ids[r, : len(s)] = torch.as_tensor(s)
+        mask[r, : len(s)] = 1
+    return ids.to(device), mask.to(device)

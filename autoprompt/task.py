@@ -1,0 +1,353 @@
+"""Tasks: labelled examples, the manual template, the verbalizer and the metric.
+
+A task is defined by a Python file (``tasks/sst2.py``) that builds a module-level
+``task = Task(...)``; its examples come from JSONL, CSV or TSV files via ``read_examples``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import runpy
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoprompt.errors import AutoPromptError, TaskError, TemplateError
+from autoprompt.template import template_fields
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+METRICS = ("accuracy", "macro_f1", "precision@1")
+BUILTIN_TASKS = ("lama_p103", "lama_p19", "sst2")
+BUILTIN_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+
+_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input (named text fields) and its gold label or target text."""
+
+    fields: dict[str, str]
+    answer: str | None
+    source: str = ""
+
+
+@dataclass
+class Task:
+    """Examples per split, the manual template, the verbalizer (None: free-form) and the metric."""
+
+    name: str
+    template: str
+    splits: dict[str, list[Example]]
+    verbalizer: dict[str, list[str]] | None = None
+    metric: str = "accuracy"
+    source: str = ""
+    description: str = ""
+
+    @property
+    def is_classification(self) -> bool:
+        return self.verbalizer is not None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.verbalizer) if self.verbalizer is not None else []
+
+    @property
+    def fields(self) -> list[str]:
+        for split in _ordered_splits(self.splits):
+            if self.splits[split]:
+                return list(self.splits[split][0].fields)
+        return []
+
+    def examples(self, split: str) -> list[Example]:
+        """The examples of one split; TaskError if the task has no such split."""
+        if split not in self.splits:
+            available = ", ".join(_ordered_splits(self.splits)) or "none"
+            raise TaskError(
+                f"task '{self.name}' has no split '{split}'; splits are: {available}"
+            )
+        return self.splits[split]
+
+    def validate(self) -> None:
+        """Raise TaskError if the splits, data, template fields or verbalizer do not fit together."""
+        where = self.source or f"task '{self.name}'"
+        if not self.splits:
+            raise TaskError(
+                f"{where}: the task has no splits; give some of: {', '.join(SPLITS)}"
+            )
+        for split, examples in self.splits.items():
+            if split not in SPLITS:
+                raise TaskError(
+                    f"{where}: unknown split '{split}'; splits are: {', '.join(SPLITS)}"
+                )
+            if not examples:
+                raise TaskError(f"{where}: split '{split}' has no examples")
+        if self.metric not in METRICS:
+            raise TaskError(
+                f"{where}: unknown metric '{self.metric}'; metrics are: {', '.join(METRICS)}"
+            )
+        if self.verbalizer is not None:
+            _check_verbalizer(self.verbalizer, where)
+        try:
+            needed = template_fields(self.template)
+        except TemplateError as exc:
+            raise TemplateError(f"{where}: {exc}") from None
+        for split in _ordered_splits(self.splits):
+            for example in self.splits[split]:
+                self._check_example(example, needed, where)
+
+    def _check_example(self, example: Example, needed: list[str], where: str) -> None:
+        for name in needed:
+            if name not in example.fields:
+                raise TaskError(
+                    f"{where}: template field {{{name}}} is not in the data ({example.source}); "
+                    f"fields are: {', '.join(sorted(example.fields)) or 'none'}"
+                )
+        if self.verbalizer is not None:
+            if example.answer not in self.verbalizer:
+                label = (
+                    "no label"
+                    if example.answer is None
+                    else f"label '{example.answer}'"
+                )
+                raise TaskError(
+                    f"{example.source}: {label} is not in the verbalizer; "
+                    f"labels are: {', '.join(self.verbalizer)}"
+                )
+        elif not example.answer:
+            raise TaskError(f"{example.source}: free-form example has no target text")
+
+
+def _ordered_splits(splits: dict[str, list[Example]]) -> list[str]:
+    return sorted(
+        splits, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)
+    )
+
+
+def _check_verbalizer(verbalizer: dict[str, list[str]], where: str) -> None:
+    if not verbalizer:
+        raise TaskError(
+            f"{where}: the verbalizer has no labels (use None for a free-form task)"
+        )
+    for label, words in verbalizer.items():
+        if isinstance(words, str) or not words:
+            raise TaskError(
+                f"{where}: verbalizer label '{label}' needs a list of one or more words"
+            )
+        if any(not isinstance(word, str) or not word.strip() for word in words):
+            raise TaskError(
+                f"{where}: verbalizer label '{label}' has an empty word: {words!r}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading examples
+
+
+def read_examples(
+    path: str | os.PathLike,
+    *,
+    fields: list[str] | dict[str, str] | None = None,
+    answer: str | None = "label",
+    format: str | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """Examples from a JSONL, CSV or TSV file; `fields` picks (list) or renames (dict) columns."""
+    name = str(path)
+    kind = _format_of(name, format)
+    if limit is not None and limit < 1:
+        raise TaskError(f"{name}: limit must be at least 1, got {limit}")
+    text = _read_text(Path(path), name)
+    rows = _jsonl_rows(text, name) if kind == "jsonl" else _table_rows(text, name, kind)
+    columns = _column_map(fields)
+    examples = []
+    for line, row in rows:
+        examples.append(_example(row, columns, answer, f"{name}:{line}"))
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise TaskError(f"{name}: no examples")
+    logger.debug("read %d examples from %s", len(examples), name)
+    return examples
+
+
+def _format_of(name: str, format: str | None) -> str:
+    supported = ", ".join(_FORMATS)
+    if format is not None:
+        kind = format.lower().lstrip(".")
+        if kind not in _FORMATS.values():
+            raise TaskError(
+                f"{name}: unknown format '{format}'; formats are: jsonl, csv, tsv"
+            )
+        return kind
+    suffix = Path(name).suffix.lower()
+    if suffix not in _FORMATS:
+        raise TaskError(
+            f"{name}: cannot read '{suffix or 'no suffix'}' files; supported: {supported}"
+        )
+    return _FORMATS[suffix]
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskError(f"{name}: no such file") from None
+    except OSError as error:
+        raise TaskError(f"{name}: cannot read ({error.strerror or error})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise TaskError(f"{name}:{line}: not valid UTF-8 ({error.reason})") from None
+
+
+def _jsonl_rows(text: str, name: str):
+    """Yield (line number, object) for each non-blank line."""
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise TaskError(
+                f"{name}:{line}: not valid JSON ({error.msg}, column {error.colno})"
+            ) from None
+        if not isinstance(row, dict):
+            raise TaskError(
+                f"{name}:{line}: expected a JSON object, got {type(row).__name__}"
+            )
+        yield line, row
+
+
+def _table_rows(text: str, name: str, kind: str):
+    """Yield (line number, {column: value}) for each non-blank CSV/TSV row after the header."""
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ","
+    )
+    header: list[str] | None = None
+    last_line = 0
+    try:
+        for cells in reader:
+            line, last_line = last_line + 1, reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in cells]
+                continue
+            if len(cells) != len(header):
+                raise TaskError(
+                    f"{name}:{line}: {len(cells)} columns, but the header has {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            yield line, dict(zip(header, cells, strict=False))
+    except csv.Error as error:
+        raise TaskError(
+            f"{name}:{reader.line_num}: not valid {kind.upper()} ({error})"
+        ) from None
+
+
+def _column_map(fields: list[str] | dict[str, str] | None) -> dict[str, str] | None:
+    if fields is None:
+        return None
+    if isinstance(fields, str):
+        raise TaskError(
+            f"fields must be a list or a dict of column names, not the string '{fields}'"
+        )
+    return (
+        dict(fields)
+        if isinstance(fields, dict)
+        else {column: column for column in fields}
+    )
+
+
+def _example(
+    row: dict, columns: dict[str, str] | None, answer: str | None, source: str
+) -> Example:
+    if columns is None:
+        columns = {column: column for column in row if column != answer}
+    values = {name: _value(row, column, source) for column, name in columns.items()}
+    target = _value(row, answer, source) if answer is not None else None
+    return Example(fields=values, answer=target, source=source)
+
+
+def _value(row: dict, column: str, source: str) -> str:
+    if column not in row:
+        raise TaskError(
+            f"{source}: missing field '{column}' (has: {', '.join(row) or 'nothing'})"
+        )
+    value = row[column]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise TaskError(
+        f"{source}: field '{column}' must be text or a number, got {json.dumps(value)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading task files
+
+
+def load_task(spec: str | os.PathLike) -> Task:
+    """The validated Task defined by a task file (path to a .py file) or a built-in task name."""
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix != ".py":
+            raise TaskError(
+                f"{spec}: a task file is a Python file (.py) that defines `task`"
+            )
+        return _load_task_file(path)
+    if path.suffix == ".py":
+        raise TaskError(f"{spec}: no such file")
+    name = str(spec)
+    if name in BUILTIN_TASKS:
+        if not BUILTIN_TASKS_DIR.is_dir():
+            raise TaskError(
+                f"built-in task '{name}' needs the source checkout ({BUILTIN_TASKS_DIR} is missing); "
+                "pass the path of a task file instead"
+            )
+        return _load_task_file(BUILTIN_TASKS_DIR / f"{name}.py")
+    raise TaskError(
+        f"unknown task '{name}': not a file, and built-in tasks are: {', '.join(BUILTIN_TASKS)}"
+    )
+
+
+def _load_task_file(path: Path) -> Task:
+    try:
+        namespace = runpy.run_path(str(path), run_name="__autoprompt_task__")
+    except AutoPromptError:
+        raise
+    except SyntaxError as error:
+        raise TaskError(f"{path}:{error.lineno}: SyntaxError: {error.msg}") from error
+    except Exception as error:
+        raise TaskError(
+            f"{path}:{_error_line(error, path)}: {type(error).__name__}: {error}"
+        ) from error
+    task = namespace.get("task")
+    if task is None:
+        raise TaskError(f"{path}: defines no `task` (a Task)")
+    if not isinstance(task, Task):
+        raise TaskError(f"{path}: `task` must be a Task, not {type(task).__name__}")
+    if not task.source:
+        task.source = str(path)
+    task.validate()
+    logger.debug("loaded task %s from %s", task.name, path)
+    return task
+
+
+def _error_line(error: BaseException, path: Path) -> int | str:
+    """The line of the task file where the error happened (its innermost frame in that file)."""
+    target = path.resolve()
+    line: int | str = "?"
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.lineno is not None and Path(frame.filename).resolve() == target:
+            line = frame.lineno
+    return line
