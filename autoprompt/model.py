@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -98,19 +99,41 @@ class LanguageModel(ABC):
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.source, self.kind, self.tokenizer_fingerprint)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states, [batch, seq, hidden] (final norm applied)."""
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                      past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states, [batch, seq, hidden] (final norm applied); ``past`` is a prefix's
+        per-layer (keys, values) and ``attention_mask`` then covers prefix and ids."""
+        cache = None
+        if past is not None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(ddp_cache_data=past)
+        kwargs = {self._cache_argument: cache} if cache is not None else {}
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=past is not None, **kwargs)
         return out.last_hidden_state
+
+    @cached_property
+    def _cache_argument(self) -> str:
+        """transformers >= 5.24 renames forward's past_key_values to cache."""
+        params = inspect.signature(self.hf_model.base_model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim]."""
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return [(layer.keys, layer.values) for layer in cache.layers]
 
     def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Output logits of a few hidden states, [n, hidden] -> [n, vocab] (or [n, len(rows)])."""
         raise NotImplementedError
 
     def log_probs_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                     batch_index: torch.Tensor, positions: torch.Tensor, **past) -> torch.Tensor:
         """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32."""
-        hidden = self.hidden_states(input_ids, attention_mask)[batch_index, positions]  # [n, hidden]
+        hidden = self.hidden_states(input_ids, attention_mask, **past)[batch_index, positions]  # [n, hidden]
         return F.log_softmax(self.head_logits(hidden).float(), dim=-1)
 
 
@@ -136,11 +159,11 @@ class MaskedLM(LanguageModel):
         logits = head(hidden)
         return logits if rows is None else logits[:, rows]
 
-    def log_probs_at(self, input_ids, attention_mask, batch_index, positions):
+    def log_probs_at(self, input_ids, attention_mask, batch_index, positions, **past):
         if _masked_lm_head(self.hf_model) is None:  # an architecture we don't know: full forward
             logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
             return F.log_softmax(logits[batch_index, positions].float(), dim=-1)
-        return super().log_probs_at(input_ids, attention_mask, batch_index, positions)
+        return super().log_probs_at(input_ids, attention_mask, batch_index, positions, **past)
 
 
 def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module | None:
@@ -164,7 +187,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def pick_device(device: str | None = None) -> torch.device:
     if device:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise ModelError(f"unknown device {device!r}; use cuda, mps or cpu") from None
+        available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                     "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+        if not available.get(chosen.type, True):
+            raise ModelError(f"device {device!r} is not available on this machine")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

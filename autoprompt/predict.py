@@ -108,4 +108,8 @@ def load_prompt(path: str | os.PathLike, *, model: str | LanguageModel | None = 
         if not allow_tokenizer_mismatch:
             raise PromptFileError(message + " (allow_tokenizer_mismatch=True to use it anyway)")
         log.warning(message)
+    too_big = [i for i in info.prompt.trigger_ids if i >= lm.vocab_size]
+    if too_big:
+        raise PromptFileError(f"{path}: trigger ids {too_big} are outside the vocabulary of {lm.name} "
+                              f"({lm.vocab_size} tokens)")
     return Predictor(info.prompt, lm, info=info)

@@ -71,14 +71,14 @@ class Prompt:
         template = self.template
         instruction = escape_literal(self.instruction)
         demos = escape_literal(self.demos_text())
-        if "{instruction}" in template:
-            template = template.replace("{instruction}", instruction)
-        elif instruction:
-            template = instruction + "\n" + template
         if "{demos}" in template:
             template = template.replace("{demos}", demos)
         elif demos:
             template = demos + DEMO_SEPARATOR + template
+        if "{instruction}" in template:
+            template = template.replace("{instruction}", instruction)
+        elif instruction:
+            template = instruction + "\n" + template
         return template
 
     def demos_text(self) -> str:

@@ -84,6 +84,8 @@ def read_prompt_file(path: str | os.PathLike) -> PromptFile:
         raise PromptFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise PromptFileError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:  # a folder, no permission
+        raise PromptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         return from_json(data)
     except PromptFileError as exc:
@@ -165,14 +167,19 @@ def _typed(value: Any, kind: type, name: str) -> Any:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise

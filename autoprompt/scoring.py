@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 4096
+MAX_ROWS = 256  # rows per batch: bounds the copied prefix KV cache
 
 
 @dataclass
@@ -75,48 +76,91 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
 
 
 def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
+                 candidates: np.ndarray | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 progress: bool = False) -> np.ndarray:
     """Log-probability of each label at [P], [n_examples, n_labels].
 
     A label's log-prob is log-sum-exp over its words; a multi-token word is scored by
-    teacher forcing (causal LMs), the sum of its tokens' log-probs."""
-    encoded = encode_examples(model, prompt, examples)
+    teacher forcing (causal LMs), the sum of its tokens' log-probs. With ``candidates``
+    (trigger ids, [n_candidates, n_slots]) every candidate is scored on every example in
+    one go, sharing each example's prefix, and the result is [n_candidates, n_examples, n_labels]."""
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates)
     words = label_word_ids(model, prompt)
     flat_words = [w for label_words in words for w in label_words]
     word_label = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
     queries = _Queries()
     for i, enc in enumerate(encoded):
         for j, word in enumerate(flat_words):
-            queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal)
+            queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal, split_at=split[i])
     word_log_probs = queries.run(model, batch_tokens, progress).reshape(len(encoded), len(flat_words))
     scores = np.full((len(encoded), len(words)), -np.inf)
     for label in range(len(words)):
         scores[:, label] = _logsumexp(word_log_probs[:, word_label == label])
-    return scores
+    return scores if candidates is None else scores.reshape(len(candidates), len(examples), len(words))
 
 
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
-                  batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n]."""
-    encoded = encode_examples(model, prompt, examples)
+                  candidates: np.ndarray | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n].
+
+    With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates)
     template = render_template(model, prompt)
-    queries = _Queries(want_rank=True)
-    for i, (enc, example) in enumerate(zip(encoded, examples, strict=False)):
+    targets = []
+    for example in examples:
         target = model.renderer.answer_ids(example.answer or "", template)
         if not target:
             raise TemplateError(f"{example.source}: empty target")
-        if not model.is_causal:
-            target = target[:1]  # a masked LM fills one slot: score the first piece
-        queries.add_answer(enc, target, out_index=i, causal=model.is_causal)
+        targets.append(target if model.is_causal else target[:1])  # a masked LM fills one slot
+    queries = _Queries(want_rank=True)
+    for i, enc in enumerate(encoded):
+        queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
     log_probs = queries.run(model, batch_tokens, progress)
     return log_probs, queries.first_rank, queries.first_top
+
+
+def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Example],
+                         candidates: np.ndarray | None) -> tuple[list[Encoded], list[int | None]]:
+    """Encodings of every (candidate, example), candidate-major, rendered once per example
+    (a candidate only swaps trigger ids); and where each may split into a shared prefix."""
+    encoded = encode_examples(model, prompt, examples)
+    if candidates is None:
+        return encoded, [None] * len(encoded)
+    candidates = np.asarray(candidates)
+    if candidates.ndim != 2 or candidates.shape[1] != len(prompt.trigger_ids):
+        raise TemplateError(f"candidates must be [n, {len(prompt.trigger_ids)}] trigger ids, got {candidates.shape}")
+    out = []
+    for trigger_ids in candidates.tolist():
+        for enc in encoded:
+            ids = list(enc.input_ids)
+            for pos, token in zip(enc.trigger_positions, trigger_ids, strict=False):
+                ids[pos] = token
+            out.append(Encoded(ids, enc.trigger_positions, enc.answer_position))
+    # everything before the first trigger is the same for all candidates of an example
+    split = [e.trigger_positions[0] if (model.is_causal and e.trigger_positions and len(candidates) > 1) else None
+             for e in out]
+    return out, split
+
+
+def task_loss(label_scores: torch.Tensor, gold: torch.Tensor, kind: str = "vocab") -> torch.Tensor:
+    """The one task loss, [n]: -log p(gold label). ``vocab``: the label's probability over the
+    whole vocabulary (AutoPrompt); ``labels``: renormalised over the label set."""
+    if kind == "labels":
+        label_scores = torch.log_softmax(label_scores, dim=-1)
+    elif kind != "vocab":
+        raise ValueError(f"unknown loss {kind!r}")
+    return -label_scores.gather(1, gold[:, None])[:, 0]
 
 
 def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
              batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> Evaluation:
     """Score a prompt on labelled examples: predictions and metrics."""
     if prompt.is_classification:
+        for example in examples:
+            if example.answer not in prompt.labels:
+                raise TemplateError(f"{example.source}: label {example.answer!r} is not one of the prompt's labels "
+                                    f"({', '.join(prompt.labels)})")
         scores = score_labels(model, prompt, examples, batch_tokens=batch_tokens, progress=progress)
         labels = prompt.labels
         predicted = [labels[k] for k in scores.argmax(axis=1)]
@@ -169,23 +213,34 @@ class _Queries:
     """Answer-token queries grouped by the sequence they need, run in packed batches.
 
     One sequence serves every word that shares its prefix, so single-token label words all
-    read the same forward pass."""
+    read the same forward pass. A sequence may start with a shared prefix (the tokens before
+    the first trigger): its KV cache is computed once and reused by every sequence that
+    starts with it."""
 
     def __init__(self, want_rank: bool = False) -> None:
-        self.sequences: list[list[int]] = []
-        self._seq_index: dict[tuple[int, ...], int] = {}
+        self.prefixes: list[list[int]] = []
+        self._prefix_index: dict[tuple[int, ...], int] = {}
+        self.sequences: list[tuple[int, list[int]]] = []  # (prefix index or -1, the rest of the ids)
+        self._seq_index: dict[tuple[int, tuple[int, ...]], int] = {}
         self.seq, self.pos, self.token, self.out, self.is_first = [], [], [], [], []
         self.want_rank = want_rank
 
-    def add_answer(self, enc: Encoded, answer: list[int], *, out_index: int, causal: bool) -> None:
+    def add_answer(self, enc: Encoded, answer: list[int], *, out_index: int, causal: bool,
+                   split_at: int | None = None) -> None:
         ids = enc.input_ids + answer[:-1] if causal else enc.input_ids
-        key = tuple(ids)
-        seq = self._seq_index.setdefault(key, len(self.sequences))
+        prefix = -1
+        if split_at:
+            key = tuple(ids[:split_at])
+            prefix = self._prefix_index.setdefault(key, len(self.prefixes))
+            if prefix == len(self.prefixes):
+                self.prefixes.append(list(key))
+            ids = ids[split_at:]
+        seq = self._seq_index.setdefault((prefix, tuple(ids)), len(self.sequences))
         if seq == len(self.sequences):
-            self.sequences.append(ids)
+            self.sequences.append((prefix, ids))
         for k, token in enumerate(answer):
             self.seq.append(seq)
-            self.pos.append(enc.answer_position + k)
+            self.pos.append(enc.answer_position + k - (split_at or 0))  # relative to the sequence's own ids
             self.token.append(token)
             self.out.append(out_index)
             self.is_first.append(k == 0)
@@ -199,38 +254,82 @@ class _Queries:
         order = np.argsort(seq, kind="stable")  # queries grouped by sequence
         starts = np.searchsorted(seq[order], np.arange(len(self.sequences) + 1))
         pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        batches = pack_batches([len(s) for s in self.sequences], batch_tokens)
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
         with torch.inference_mode():
-            for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress, leave=False):
-                ids, mask = pad_right([self.sequences[s] for s in batch], pad_id, model.device)
-                q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
+            prefix_kv = _PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None
+            for batch in tqdm(self._batches(batch_tokens), desc="scoring", unit="batch", disable=not progress, leave=False):
+                ids, mask = pad_right([self.sequences[s][1] for s in batch], pad_id, model.device)
                 row_of_seq[batch] = np.arange(len(batch))
-                row = row_of_seq[seq[q]]  # the row in this batch of each query's sequence
-                log_probs = model.log_probs_at(ids, mask, torch.as_tensor(row, device=model.device),
-                                               torch.as_tensor(pos[q], device=model.device))  # [n_q, vocab]
-                targets = torch.as_tensor(token[q], device=model.device)
-                gold = log_probs.gather(1, targets[:, None])[:, 0]
+                q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
+                rows = torch.as_tensor(row_of_seq[seq[q]], device=model.device)
+                positions = torch.as_tensor(pos[q], device=model.device)
+                prefix_rows = [self.sequences[s][0] for s in batch]
+                if prefix_rows[0] >= 0:
+                    log_probs = prefix_kv.log_probs_at(prefix_rows, ids, mask, rows, positions)
+                else:
+                    log_probs = model.log_probs_at(ids, mask, rows, positions)  # [n_q, vocab]
+                gold = log_probs.gather(1, torch.as_tensor(token[q], device=model.device)[:, None])[:, 0]
                 token_log_probs[q] = gold.cpu().numpy()
                 if self.want_rank:
                     ranks[q] = (log_probs > gold[:, None]).sum(dim=1).cpu().numpy()
                     tops[q] = log_probs.argmax(dim=1).cpu().numpy()
-        out = np.asarray(self.out)
+        out = np.asarray(self.out, dtype=np.int64)  # int even when empty: predict([]) gives []
         n_out = out.max() + 1 if len(out) else 0
-        first = np.asarray(self.is_first)
+        first = np.asarray(self.is_first, dtype=bool)
         self.first_rank = np.zeros(n_out, dtype=np.int64)
         self.first_top = np.zeros(n_out, dtype=np.int64)
         self.first_rank[out[first]] = ranks[first]
         self.first_top[out[first]] = tops[first]
         return np.bincount(out, weights=token_log_probs, minlength=n_out)
 
+    def _batches(self, batch_tokens: int) -> list[list[int]]:
+        """Sequences with and without a prefix never share a batch."""
+        groups = [[i for i, (p, _) in enumerate(self.sequences) if (p >= 0) == flag] for flag in (True, False)]
+        batches = []
+        for group in groups:
+            lengths = [len(self.sequences[i][1]) for i in group]
+            batches += [[group[k] for k in b] for b in pack_batches(lengths, batch_tokens, max_rows=MAX_ROWS)]
+        return batches
 
-def pack_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+
+class _PrefixCache:
+    """KV caches of shared prefixes, computed once, right-padded to one width."""
+
+    def __init__(self, model: LanguageModel, prefixes: list[list[int]], pad_id: int, batch_tokens: int) -> None:
+        self.model = model
+        width = max(len(p) for p in prefixes)
+        self.lengths = torch.tensor([len(p) for p in prefixes], device=model.device)
+        self.mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=model.device)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in pack_batches([len(p) for p in prefixes], batch_tokens):
+            ids, mask = pad_right([prefixes[i] for i in batch], pad_id, model.device)
+            kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
+            if not self.layers:
+                self.layers = [tuple(torch.zeros((len(prefixes), k.shape[1], width, k.shape[3]), dtype=k.dtype,
+                                                 device=k.device) for _ in range(2)) for k, _ in kv]
+            index = torch.as_tensor(batch, device=model.device)
+            for (keys, values), (k, v) in zip(self.layers, kv, strict=False):
+                keys[index, :, : k.shape[2]] = k
+                values[index, :, : v.shape[2]] = v
+            self.mask[index, : mask.shape[1]] = mask
+
+    def log_probs_at(self, prefix_rows: list[int], ids: torch.Tensor, mask: torch.Tensor,
+                     rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(prefix_rows, device=self.model.device)
+        # a fresh copy per batch: a forward mutates the cache it is given
+        past = [(k[index], v[index]) for k, v in self.layers]
+        full_mask = torch.cat([self.mask[index], mask], dim=1)
+        position_ids = self.lengths[index][:, None] + torch.arange(ids.shape[1], device=ids.device)[None, :]
+        return self.model.log_probs_at(ids, full_mask, rows, positions, past=past, position_ids=position_ids)
+
+
+def pack_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:
     """Indices grouped into batches, longest first, each at most ``batch_tokens`` padded tokens."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+        if (batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens
+                and (max_rows is None or len(batches[-1]) < max_rows)):
             batches[-1].append(i)
         else:
             batches.append([i])

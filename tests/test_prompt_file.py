@@ -1,0 +1,236 @@
+"""Prompt files: round trip, strict validation, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoprompt import prompt_file
+from autoprompt.errors import AutoPromptError, PromptFileError
+from autoprompt.prompt import ModelRef, Prompt
+from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file, to_json
+from autoprompt.task import Example
+
+MODEL = ModelRef("tiny", "/models/tiny", "causal", "sha256:" + "ab" * 16)
+
+
+def full_prompt_file() -> PromptFile:
+    prompt = Prompt(
+        template="{instruction}\nReview: {text} [T] [T]\nSentiment:[P]",
+        verbalizer={"negative": ["negative", "bad"], "positive": ["positive"]},
+        trigger_ids=(17, 402),
+        trigger_tokens=("Ġwow", "!"),
+        instruction="Classify the review {with braces}.",
+        demonstrations=(Example({"text": "fun ✓ film"}, "positive", "demonstration"),
+                        Example({"text": "dull"}, "negative", "demonstration")),
+        chat=True,
+        model=MODEL,
+        fields=("text",),
+    )
+    return PromptFile(prompt, task_name="sst2", metric="macro_f1",
+                      metrics={"dev": {"accuracy": 0.75, "macro_f1": 0.7}, "test": {"accuracy": 1}},
+                      search={"method": "trigger", "steps": 3, "seed": 0},
+                      created="2025-01-02T03:04:05+00:00", autoprompt_version="0.1.0")
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    return save_prompt_file(full_prompt_file(), tmp_path / "p.prompt.json")
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def edited(saved: Path, change) -> Path:
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    change(data)
+    return write_json(saved, data)
+
+
+# --- round trip ----------------------------------------------------------------------------------------
+
+
+def test_round_trip_is_equal(saved: Path) -> None:
+    original = full_prompt_file()
+    loaded = read_prompt_file(saved)
+    assert loaded == original
+    assert loaded.prompt.trigger_ids == (17, 402) and loaded.prompt.chat is True
+    assert loaded.prompt.model == MODEL
+    assert loaded.metrics == {"dev": {"accuracy": 0.75, "macro_f1": 0.7}, "test": {"accuracy": 1}}
+
+
+def test_round_trip_free_form_minimal(tmp_path: Path) -> None:
+    original = PromptFile(Prompt("{subject} was born in[P]", model=MODEL, fields=("subject",)), task_name="p19",
+                          metric="precision@1", created="x", autoprompt_version="0.1.0")
+    assert read_prompt_file(save_prompt_file(original, tmp_path / "f.prompt.json")) == original
+
+
+def test_file_is_readable_json(saved: Path) -> None:
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    assert data["format"] == "autoprompt.prompt/v1"
+    assert data["triggers"] == [{"id": 17, "text": "Ġwow"}, {"id": 402, "text": "!"}]
+    assert "fun ✓ film" in saved.read_text(encoding="utf-8")  # not \u-escaped
+
+
+def test_save_needs_a_model() -> None:
+    with pytest.raises(PromptFileError, match="needs the model"):
+        to_json(PromptFile(Prompt("{text}[P]")))
+
+
+# --- strictness: every bad file is a PromptFileError -------------------------------------------------------
+
+
+def _set(path: list[str], value: Any):
+    def change(data: dict) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+def _delete(*path: str):
+    def change(data: dict) -> None:
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    return change
+
+
+BAD_EDITS = {
+    "format version": (_set(["format"], "autoprompt.prompt/v2"), "upgrade autoprompt"),
+    "other format": (_set(["format"], "dspy.program"), "not an autoprompt prompt file"),
+    "format not a string": (_set(["format"], 1), "not an autoprompt prompt file"),
+    "unknown key": (_set(["temperature"], 0.7), "unknown keys: temperature"),
+    "missing key": (_delete("template"), "missing keys: template"),
+    "missing model field": (_delete("model", "tokenizer_fingerprint"), "model.tokenizer_fingerprint must be str"),
+    "bad model kind": (_set(["model", "kind"], "seq2seq"), "causal or masked"),
+    "trigger id as string": (_set(["triggers", 0, "id"], "17"), "each trigger"),
+    "trigger id as bool": (_set(["triggers", 0, "id"], True), "each trigger"),
+    "negative trigger id": (_set(["triggers", 0, "id"], -1), "each trigger"),
+    "chat as int": (_set(["chat"], 1), "chat must be bool, not int"),
+    "template as list": (_set(["template"], ["{text}[P]"]), "template must be str"),
+    "one-label verbalizer": (_set(["verbalizer"], {"a": ["x"]}), "at least two labels"),
+    "verbalizer word not a list": (_set(["verbalizer", "positive"], "positive"), "non-empty list"),
+    "empty verbalizer word": (_set(["verbalizer", "positive"], [""]), "non-empty list"),
+    "demo answer missing": (_delete("demonstrations", 0, "answer"), "each demonstration"),
+    "demo field not text": (_set(["demonstrations", 0, "fields", "text"], 3), "each demonstration"),
+    "metric not a number": (_set(["metrics", "dev", "accuracy"], "high"), "metrics\\['dev'\\]"),
+    "task fields not strings": (_set(["task", "fields"], [1]), "task.fields\\[\\] must be str"),
+    "search not an object": (_set(["search"], "trigger"), "search must be dict"),
+    "bad template": (_set(["template"], "{text} [T] [T]"), "no \\[P\\]"),
+    "too few triggers": (_set(["template"], "{instruction}\nReview: {text} [T]\nSentiment:[P]"),
+                         "1 \\[T\\] slots but the file lists 2 triggers"),
+    "too many triggers": (_set(["template"], "[T] [T] [T] {text}:[P]"), "3 \\[T\\] slots"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EDITS))
+def test_bad_content(saved: Path, case: str) -> None:
+    change, message = BAD_EDITS[case]
+    path = edited(saved, change)
+    with pytest.raises(PromptFileError, match=message) as info:
+        read_prompt_file(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert type(info.value) is PromptFileError
+
+
+@pytest.mark.parametrize("data", [[], "text", None, 3])
+def test_top_level_not_an_object(tmp_path: Path, data: Any) -> None:
+    with pytest.raises(PromptFileError, match="JSON object"):
+        read_prompt_file(write_json(tmp_path / "p.prompt.json", data))
+
+
+def test_truncated_json_names_the_line(saved: Path) -> None:
+    text = saved.read_text(encoding="utf-8")
+    cut = text[: text.index('"chat"')]
+    saved.write_text(cut, encoding="utf-8")
+    line = cut.count("\n") + 1
+    with pytest.raises(PromptFileError, match=f"^{saved}:{line}: not valid JSON"):
+        read_prompt_file(saved)
+
+
+def test_not_utf8(saved: Path) -> None:
+    saved.write_bytes(saved.read_bytes().replace(b"fun \xe2\x9c\x93", b"fun \xff\xfe"))
+    with pytest.raises(PromptFileError, match="not UTF-8"):
+        read_prompt_file(saved)
+
+
+def test_deeply_nested_json(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.prompt.json"
+    path.write_text("[" * 100_000, encoding="utf-8")
+    with pytest.raises(PromptFileError):
+        read_prompt_file(path)
+
+
+def test_too_big(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prompt_file, "MAX_BYTES", 100)
+    with pytest.raises(PromptFileError, match="too big"):
+        read_prompt_file(saved)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(PromptFileError, match="no such prompt file"):
+        read_prompt_file(tmp_path / "nope.prompt.json")
+    (tmp_path / "dir.prompt.json").mkdir()
+    with pytest.raises(PromptFileError, match="cannot read"):
+        read_prompt_file(tmp_path / "dir.prompt.json")
+
+
+# --- atomic writes ------------------------------------------------------------------------------------------
+
+
+def test_save_leaves_no_temp_files(tmp_path: Path) -> None:
+    pf = full_prompt_file()
+    save_prompt_file(pf, tmp_path / "p.prompt.json")
+    save_prompt_file(pf, tmp_path / "p.prompt.json")  # overwrite
+    save_prompt_file(pf, tmp_path / "sub" / "q.prompt.json")  # creates the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.prompt.json", "sub"]
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["q.prompt.json"]
+
+
+def test_failed_write_keeps_old_file(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = saved.read_bytes()
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    changed = full_prompt_file()
+    changed.task_name = "other"
+    with pytest.raises(AutoPromptError, match="cannot write \\(disk full\\)"):
+        save_prompt_file(changed, saved)
+    monkeypatch.undo()
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def _leaf_paths(value: Any, path: tuple = ()) -> list[tuple]:
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    out = [path] if path else []
+    for key, child in children:
+        out += _leaf_paths(child, (*path, key))
+    return out
+
+
+def test_any_wrong_value_is_a_prompt_file_error(saved: Path) -> None:
+    """Every value in the file replaced by each JSON type: it loads or raises PromptFileError, nothing else."""
+    original = json.loads(saved.read_text(encoding="utf-8"))
+    rejected = 0
+    for path in _leaf_paths(original):
+        for replacement in (None, -1, 2.5, True, "", "x", [], [1], {}, {"k": 1}):
+            data = json.loads(json.dumps(original))
+            _set(list(path), replacement)(data)
+            write_json(saved, data)
+            try:
+                read_prompt_file(saved)
+            except PromptFileError:
+                rejected += 1
+    assert rejected > 100
