@@ -1,0 +1,96 @@
+"""optimize(task, config) -> SearchResult: picks the method and owns the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.model import LanguageModel
+from autoprompt.prompt import Prompt
+from autoprompt.prompt_file import PromptFile, save_prompt_file
+from autoprompt.runs import DEFAULT_RUNS_DIR, Run
+from autoprompt.scoring import evaluate
+from autoprompt.task import Task
+from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, trigger_search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    """What a search gives: the best prompt, its metrics next to the baseline's, the run."""
+
+    prompt: Prompt
+    metrics: dict[str, dict[str, float]]  # split -> metric -> value, of the best prompt
+    baseline: dict[str, dict[str, float]]  # the same for the task's manual prompt
+    run_dir: Path
+    prompt_file: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+             resume: str | os.PathLike | None = None, progress: bool = True) -> SearchResult:
+    """Run a trigger search on a task in a new run folder (or continue ``resume``)."""
+    started = time.perf_counter()
+    if resume is not None:
+        run = Run.open(resume)
+        saved = run.config()
+        if saved.get("task") != task.name or saved.get("model") != model.name:
+            raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
+                                  f"not {task.name} on {model.name}")
+        config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
+        state = TriggerState(**run.read_json("checkpoint.json")) if (run.path / "checkpoint.json").exists() else None
+        if state is not None:  # drop events logged after the checkpoint
+            run.truncate_log(sum(1 for e in run.events() if e.get("step", 0) <= state.step))
+        log.info("resuming %s at step %d", run.path, state.step if state else 0)
+    else:
+        run = Run.create(task.name, "trigger", {
+            "method": "trigger", "task": task.name, "task_source": task.source, "model": model.name,
+            "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+            "trigger": dataclasses.asdict(config),
+        }, runs_dir=runs_dir)
+        state = None
+    log.info("run folder: %s", run.path)
+    run.write_json("result.json", {"state": "running"})
+    try:
+        prompt, state = trigger_search(model, task, config, run=run, state=state, progress=progress)
+    except KeyboardInterrupt:
+        run.write_json("result.json", {"state": "interrupted"})
+        raise
+    except Exception:
+        run.write_json("result.json", {"state": "failed"})
+        raise
+    baseline_prompt = Prompt.from_task(task)
+    metrics = _final_metrics(model, prompt, task)
+    baseline = _final_metrics(model, baseline_prompt, task)
+    prompt_file = save_prompt_file(PromptFile(
+        prompt, task_name=task.name, metric=task.metric, metrics=metrics,
+        search={"method": "trigger", "run": run.name, "steps": state.step, "seed": config.seed,
+                "config": dataclasses.asdict(config)}), run.best_prompt_path)
+    seconds = time.perf_counter() - started
+    run.write_json("result.json", {"state": "finished", "metrics": metrics, "baseline": baseline,
+                                   "steps": state.step, "search_seconds": round(state.seconds, 1),
+                                   "triggers": list(prompt.trigger_tokens), "template": prompt.template})
+    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+
+
+def _final_metrics(model: LanguageModel, prompt: Prompt, task: Task) -> dict[str, dict[str, float]]:
+    """Dev and test metrics; test is only ever reported, never used to choose."""
+    return {split: evaluate(model, prompt, task.examples(split), metric=task.metric).metrics
+            for split in ("dev", "test") if task.splits.get(split)}
+
+
+def _known(cls, values: dict[str, Any]) -> dict[str, Any]:
+    """Config values this version knows (a config from another version loads tolerantly)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        log.warning("ignoring unknown config keys: %s", ", ".join(unknown))
+    return {k: v for k, v in values.items() if k in names}

@@ -1,0 +1,278 @@
+"""Gradient-guided trigger search (AutoPrompt, Shin et al. 2020; GCG, Zou et al. 2023).
+
+Each step: the gradient of the task loss with respect to the one-hot trigger tokens gives,
+per slot, the top-k tokens of ``-grad . E``; candidate swaps are then really scored on an
+evaluation batch, all at once, and the best one is kept if it lowers the loss. Every few
+steps the current prompt is scored on dev; the prompt with the best dev metric wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.prompt import Prompt
+from autoprompt.scoring import (
+    encode_examples,
+    evaluate,
+    label_word_ids,
+    pad_right,
+    render_template,
+    score_labels,
+    score_targets,
+    task_loss,
+)
+
+if TYPE_CHECKING:
+    from autoprompt.model import LanguageModel
+    from autoprompt.task import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TriggerSearchConfig:
+    """Settings of the trigger search; the defaults are the recommended ones."""
+
+    n_triggers: int = _opt(5, "[T] slots to add before the text ahead of [P] when the template has none.")
+    steps: int = _opt(40, "Search steps at most.")
+    mode: str = _opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
+                     choices=("autoprompt", "gcg"))
+    top_k: int = _opt(32, "Candidate tokens per slot, from -grad . E.")
+    n_candidates: int = _opt(32, "Candidates scored per step in gcg mode (autoprompt mode scores top_k).")
+    loss: str = _opt("labels", "vocab: log-prob of the gold label over the vocabulary (AutoPrompt); "
+                     "labels: log-softmax over the label set.", choices=("vocab", "labels"))
+    grad_batch: int = _opt(32, "Train examples per gradient batch.")
+    grad_accumulation: int = _opt(1, "Gradient batches accumulated per step.")
+    eval_batch: int = _opt(16, "Train examples each candidate is scored on.")
+    dev_every: int = _opt(5, "Score the current prompt on dev every N steps.")
+    dev_limit: int | None = _opt(200, "Dev examples used for selection (None: all).")
+    patience: int | None = _opt(None, "Stop after this many dev checks without improvement.")
+    time_budget: float | None = _opt(None, "Stop after this many seconds.")
+    init_token: str = _opt(" the", "Initial text of every trigger slot (one token).")
+    ascii_only: bool = _opt(True, "Only propose tokens whose text is ASCII.")
+    whole_words: bool = _opt(False, "Only propose tokens that start a word (leading space).")
+    slot_order: str = _opt("cycle", "autoprompt mode: which slot each step changes.", choices=("cycle", "random"))
+    seed: int = _opt(0, "Seed of every random choice; same seed, same run on the same machine.")
+
+
+@dataclass
+class TriggerState:
+    """Everything a step changes: what a checkpoint holds."""
+
+    step: int = 0
+    trigger_ids: list[int] = field(default_factory=list)
+    best_trigger_ids: list[int] = field(default_factory=list)
+    best_dev: float = float("-inf")
+    dev_checks_without_gain: int = 0
+    rng_state: Any = None
+    seconds: float = 0.0
+
+
+# --- the template --------------------------------------------------------------------------
+
+def with_trigger_slots(template: str, n_triggers: int) -> str:
+    """Add n [T] slots after the last field when the template has none."""
+    if "[T]" in template or n_triggers <= 0:
+        return template
+    cut = template.rfind("}") + 1
+    if cut == 0:
+        cut = template.index("[P]")
+    return template[:cut] + " [T]" * n_triggers + template[cut:]
+
+
+# --- token filter --------------------------------------------------------------------------
+
+def allowed_tokens(model: LanguageModel, prompt: Prompt, *, ascii_only: bool, whole_words: bool) -> torch.Tensor:
+    """Bool mask [vocab] of tokens a trigger may be: no special tokens, no label words, only
+    tokens whose text re-tokenizes to the same single id."""
+    tok = model.tokenizer
+    vocab = model.vocab_size
+    texts = tok.batch_decode([[i] for i in range(vocab)])
+    reencoded = tok(texts, add_special_tokens=False)["input_ids"]
+    mask = torch.tensor([ids == [i] for i, ids in enumerate(reencoded)])
+    mask[[i for i in tok.all_special_ids if i < vocab]] = False
+    if prompt.is_classification:
+        for words in label_word_ids(model, prompt):
+            for ids in words:
+                mask[ids] = False
+    if ascii_only:
+        mask &= torch.tensor([t.isascii() and t.strip() != "" for t in texts])
+    if whole_words:
+        mask &= torch.tensor([t[:1] == " " and t[1:2].isalpha() for t in texts])
+    if not mask.any():
+        raise AutoPromptError("the token filter leaves no token to propose")
+    return mask
+
+
+# --- gradient ------------------------------------------------------------------------------
+
+def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Example], loss_kind: str) -> torch.Tensor:
+    """-grad . E for every slot and token, [n_slots, vocab]: how much each swap should lower the loss."""
+    embedding = model.hf_model.get_input_embeddings().weight  # [vocab, hidden]
+    encoded = encode_examples(model, prompt, examples)
+    one_hot = torch.zeros(len(prompt.trigger_ids), model.vocab_size, device=model.device, dtype=embedding.dtype)
+    one_hot[torch.arange(len(prompt.trigger_ids)), torch.tensor(prompt.trigger_ids)] = 1
+    one_hot.requires_grad_(True)
+    trigger_embeds = one_hot @ embedding  # [n_slots, hidden]
+    ids, mask = pad_right([e.input_ids for e in encoded], _pad_id(model), model.device)
+    rows = torch.tensor([r for r, e in enumerate(encoded) for _ in e.trigger_positions], device=model.device)
+    cols = torch.tensor([p for e in encoded for p in e.trigger_positions], device=model.device)
+    slots = torch.arange(len(prompt.trigger_ids), device=model.device).repeat(len(encoded))
+    embeds = embedding[ids].index_put((rows, cols), trigger_embeds[slots])  # [batch, seq, hidden]
+    out = model.hf_model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+    answer_pos = torch.tensor([e.answer_position for e in encoded], device=model.device)
+    hidden = out.last_hidden_state[torch.arange(len(encoded), device=model.device), answer_pos]  # [batch, hidden]
+    log_probs = F.log_softmax(model.head_logits(hidden).float(), dim=-1)  # [batch, vocab]
+    loss = _answer_loss(model, prompt, examples, log_probs, loss_kind).mean()
+    loss.backward()
+    return -(one_hot.grad.float())
+
+
+def _answer_loss(model, prompt, examples, log_probs, loss_kind):
+    """The task loss from full log-probs at [P]; multi-token answers use their first token here."""
+    if prompt.is_classification:
+        firsts = [[w[0] for w in words] for words in label_word_ids(model, prompt)]
+        scores = torch.stack([torch.logsumexp(log_probs[:, ids], dim=1) for ids in firsts], dim=1)  # [n, labels]
+        gold = torch.tensor([prompt.labels.index(e.answer) for e in examples], device=log_probs.device)
+        return task_loss(scores, gold, loss_kind)
+    template = render_template(model, prompt)
+    first = torch.tensor([model.renderer.answer_ids(e.answer, template)[0] for e in examples], device=log_probs.device)
+    return -log_probs.gather(1, first[:, None])[:, 0]
+
+
+def _pad_id(model: LanguageModel) -> int:
+    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+
+
+# --- candidates ----------------------------------------------------------------------------
+
+def propose(scores: torch.Tensor, current: list[int], cfg: TriggerSearchConfig, step: int,
+            rng: random.Random) -> np.ndarray:
+    """Candidate trigger sequences [n_candidates, n_slots], each one swap away from current."""
+    n_slots = len(current)
+    top = scores.topk(cfg.top_k, dim=1).indices.cpu().numpy()  # [n_slots, top_k]
+    if cfg.mode == "autoprompt":
+        slot = step % n_slots if cfg.slot_order == "cycle" else rng.randrange(n_slots)
+        swaps = [(slot, int(t)) for t in top[slot]]
+    else:
+        swaps = [(s, int(top[s, rng.randrange(cfg.top_k)])) for s in (rng.randrange(n_slots) for _ in range(cfg.n_candidates))]
+    candidates = np.tile(np.asarray(current), (len(swaps), 1))
+    for row, (slot, token) in enumerate(swaps):
+        candidates[row, slot] = token
+    keep = np.unique(candidates, axis=0, return_index=True)[1]
+    return candidates[np.sort(keep)]
+
+
+def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray,
+                     loss_kind: str) -> np.ndarray:
+    """Mean task loss of each candidate on the examples, [n_candidates], all scored together."""
+    if prompt.is_classification:
+        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates))  # [C, n, labels]
+        gold = torch.tensor([prompt.labels.index(e.answer) for e in examples]).repeat(len(candidates))
+        losses = task_loss(scores.reshape(-1, scores.shape[-1]), gold, loss_kind)
+        return losses.reshape(len(candidates), len(examples)).mean(dim=1).numpy()
+    log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates)  # [C, n]
+    return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
+
+
+# --- the search ----------------------------------------------------------------------------
+
+def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *, run=None,
+                   state: TriggerState | None = None, progress: bool = True) -> tuple[Prompt, TriggerState]:
+    """Run the search (or continue it from ``state``); returns the best prompt and the final state."""
+    from tqdm.auto import tqdm
+
+    template = with_trigger_slots(task.template, cfg.n_triggers)
+    base = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
+    n_slots = base.n_trigger_slots
+    if n_slots == 0:
+        raise AutoPromptError(f"{task.name}: the template has no [T] slots and n_triggers is 0")
+    init = model.tokenizer(cfg.init_token, add_special_tokens=False)["input_ids"]
+    if len(init) != 1:
+        raise AutoPromptError(f"init_token {cfg.init_token!r} is {len(init)} tokens; it must be one")
+    state = state or TriggerState(trigger_ids=init * n_slots, best_trigger_ids=init * n_slots)
+    rng = random.Random(cfg.seed)
+    if state.rng_state is not None:
+        rng.setstate(_tuple_state(state.rng_state))
+    allowed = allowed_tokens(model, base, ascii_only=cfg.ascii_only, whole_words=cfg.whole_words).to(model.device)
+    train, dev = task.examples("train"), task.examples("dev")[: cfg.dev_limit]
+    started = time.perf_counter() - state.seconds
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="trigger search", unit="step", disable=not progress)
+    prompt = _with_ids(model, base, state.trigger_ids)
+    if state.step == 0:  # the baseline is step 0: the initial triggers on dev
+        state.best_dev = _dev_metric(model, prompt, dev, task.metric)
+        _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
+    while state.step < cfg.steps:
+        if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
+            log.info("time budget of %.0fs spent after %d steps", cfg.time_budget, state.step)
+            break
+        t0 = time.perf_counter()
+        grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
+        for _ in range(cfg.grad_accumulation):
+            grads += trigger_gradient(model, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
+        grads[:, ~allowed] = float("-inf")
+        candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
+        eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
+        everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])
+        losses = candidate_losses(model, prompt, eval_examples, everyone, cfg.loss)  # [1 + n_candidates]
+        best = int(np.argmin(losses[1:])) + 1
+        accepted = bool(losses[best] < losses[0])
+        if accepted:
+            state.trigger_ids = [int(t) for t in everyone[best]]
+            prompt = _with_ids(model, base, state.trigger_ids)
+        state.step += 1
+        event = {"step": state.step, "loss": float(losses[0]), "best_candidate_loss": float(losses[best]),
+                 "accepted": accepted, "n_candidates": len(candidates), "triggers": list(prompt.trigger_tokens)}
+        if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
+            event["dev"] = _dev_metric(model, prompt, dev, task.metric)
+            if event["dev"] > state.best_dev:
+                state.best_dev, state.best_trigger_ids = event["dev"], list(state.trigger_ids)
+                state.dev_checks_without_gain = 0
+            else:
+                state.dev_checks_without_gain += 1
+        event["seconds"] = round(time.perf_counter() - t0, 3)
+        state.seconds = time.perf_counter() - started
+        state.rng_state = rng.getstate()
+        _record(run, state, event)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[0]:.3f}", best_dev=f"{state.best_dev:.3f}", triggers="".join(prompt.trigger_tokens)[:40])
+        if cfg.patience is not None and state.dev_checks_without_gain >= cfg.patience:
+            log.info("no dev gain in %d checks: stopping at step %d", cfg.patience, state.step)
+            break
+    bar.close()
+    return _with_ids(model, base, state.best_trigger_ids), state
+
+
+def _with_ids(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prompt:
+    return prompt.with_triggers(list(ids), [model.tokenizer.decode([i]) for i in ids])
+
+
+def _dev_metric(model: LanguageModel, prompt: Prompt, dev: list[Example], metric: str) -> float:
+    return evaluate(model, prompt, dev, metric=metric).metrics[metric]
+
+
+def _record(run, state: TriggerState, event: dict) -> None:
+    if run is not None:
+        run.log(event)
+        run.write_json("checkpoint.json", {**state.__dict__, "rng_state": _json_state(state.rng_state)})
+
+
+def _json_state(state):
+    return None if state is None else [state[0], list(state[1]), state[2]]
+
+
+def _tuple_state(state):
+    return (state[0], tuple(state[1]), state[2]) if isinstance(state, list) else state
