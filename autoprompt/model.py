@@ -123,7 +123,8 @@ class LanguageModel(ABC):
     def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim]."""
         out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
-        cache = getattr(out, "cache", None) or out.past_key_values
+        cache = getattr(out, "cache", None)
+        cache = out.past_key_values if cache is None else cache
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:

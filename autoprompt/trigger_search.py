@@ -76,6 +76,7 @@ class TriggerState:
     trigger_ids: list[int] = field(default_factory=list)
     best_trigger_ids: list[int] = field(default_factory=list)
     best_dev: float = float("-inf")
+    best_dev_log_prob: float = float("-inf")  # breaks ties of the dev metric
     dev_checks_without_gain: int = 0
     rng_state: Any = None
     seconds: float = 0.0
@@ -213,7 +214,7 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     bar = tqdm(total=cfg.steps, initial=state.step, desc="trigger search", unit="step", disable=not progress)
     prompt = _with_ids(model, base, state.trigger_ids)
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
-        state.best_dev = _dev_metric(model, prompt, dev, task.metric)
+        state.best_dev, state.best_dev_log_prob = _dev_metric(model, prompt, dev, task.metric)
         _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
     while state.step < cfg.steps:
         if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
@@ -237,9 +238,10 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
         event = {"step": state.step, "loss": float(losses[0]), "best_candidate_loss": float(losses[best]),
                  "accepted": accepted, "n_candidates": len(candidates), "triggers": list(prompt.trigger_tokens)}
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
-            event["dev"] = _dev_metric(model, prompt, dev, task.metric)
-            if event["dev"] > state.best_dev:
-                state.best_dev, state.best_trigger_ids = event["dev"], list(state.trigger_ids)
+            event["dev"], dev_log_prob = _dev_metric(model, prompt, dev, task.metric)
+            if (event["dev"], dev_log_prob) > (state.best_dev, state.best_dev_log_prob):
+                state.best_dev, state.best_dev_log_prob = event["dev"], dev_log_prob
+                state.best_trigger_ids = list(state.trigger_ids)
                 state.dev_checks_without_gain = 0
             else:
                 state.dev_checks_without_gain += 1
@@ -260,8 +262,10 @@ def _with_ids(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prompt:
     return prompt.with_triggers(list(ids), [model.tokenizer.decode([i]) for i in ids])
 
 
-def _dev_metric(model: LanguageModel, prompt: Prompt, dev: list[Example], metric: str) -> float:
-    return evaluate(model, prompt, dev, metric=metric).metrics[metric]
+def _dev_metric(model: LanguageModel, prompt: Prompt, dev: list[Example], metric: str) -> tuple[float, float]:
+    """The dev metric, and the mean log-prob of the gold answers to break its ties."""
+    metrics = evaluate(model, prompt, dev, metric=metric).metrics
+    return metrics[metric], metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
 
 
 def _record(run, state: TriggerState, event: dict) -> None:

@@ -137,3 +137,19 @@ def tiny_masked_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def causal_lm(tiny_causal_dir: Path):
+    """The tiny causal LM, loaded once (models are read-only in use)."""
+    from autoprompt import load_model
+
+    return load_model(str(tiny_causal_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def masked_lm(tiny_masked_dir: Path):
+    """The tiny masked LM, loaded once."""
+    from autoprompt import load_model
+
+    return load_model(str(tiny_masked_dir), device="cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprompt import Example, Predictor, Prompt, load_model, load_prompt
+from autoprompt import Example, Predictor, Prompt, load_prompt
 from autoprompt.errors import ModelError, PromptFileError, TemplateError
 from autoprompt.model import LanguageModel
 from autoprompt.prompt_file import PromptFile, save_prompt_file
@@ -17,16 +17,6 @@ from autoprompt.scoring import evaluate, score_labels
 
 TEMPLATE = "Review: {text} [T] [T]\nSentiment:[P]"
 TEXTS = ["great movie", "a terrible , boring film", "ok", "the cast is fine but the plot is bad", "no", "wonderful"]
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tiny_causal_dir: Path) -> LanguageModel:
-    return load_model(str(tiny_causal_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def masked_lm(tiny_masked_dir: Path) -> LanguageModel:
-    return load_model(str(tiny_masked_dir), device="cpu")
 
 
 def sentiment_prompt(lm: LanguageModel, **changes) -> Prompt:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from autoprompt import Example, Prompt, load_model
+from autoprompt import Example, Prompt
 from autoprompt.errors import TemplateError
 from autoprompt.model import LanguageModel
 from autoprompt.scoring import (
@@ -28,16 +26,6 @@ SST2 = "Review: {text}\nSentiment:[P]"
 MASKED = "Review: {text} It was [P]."
 TEXTS = ["great movie", "a terrible , boring film that never ends", "ok", "it was good and then bad and then good",
          "the cast is fine", "bad", "what a wonderful , moving story about a dog", "no"]
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tiny_causal_dir: Path) -> LanguageModel:
-    return load_model(str(tiny_causal_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def masked_lm(tiny_masked_dir: Path) -> LanguageModel:
-    return load_model(str(tiny_masked_dir), device="cpu")
 
 
 def examples(labels: tuple[str, ...] = ("positive", "negative")) -> list[Example]:

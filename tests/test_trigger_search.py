@@ -1,0 +1,158 @@
+"""Trigger search: a planted task it must solve, the gradient's direction, resume, modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import autoprompt
+from autoprompt import trigger_search as ts
+from autoprompt.optimize import optimize
+from autoprompt.prompt import Prompt
+from autoprompt.task import Example, Task
+from autoprompt.trigger_search import (
+    TriggerSearchConfig,
+    allowed_tokens,
+    candidate_losses,
+    trigger_gradient,
+    with_trigger_slots,
+)
+
+VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
+TEXTS = ["a fine film", "the plot is thin", "it moves", "what a cast", "slow and long", "i laughed",
+         "a mess", "worth it"]
+
+
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory, bpe_tokenizer_dir):
+    """A Llama with no layers: the output at [P] depends on the last token alone, which is
+    the trigger in "{text} [T][P]". So the best trigger can be found by brute force."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bpe_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=0,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("planted")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return autoprompt.load_model(str(out))
+
+
+def make_task(template: str, answers: list[str]) -> Task:
+    examples = [Example({"text": t}, a, f"planted:{i}") for i, (t, a) in enumerate(zip(TEXTS, answers, strict=True))]
+    return Task(name="planted", template=template, verbalizer=VERBALIZER,
+                splits={"train": examples, "dev": examples, "test": examples})
+
+
+def brute_force_best(model, task: Task, loss: str) -> int:
+    prompt = Prompt(template=task.template, verbalizer=task.verbalizer, fields=("text",))
+    prompt = prompt.with_triggers([0], ["x"])
+    allowed = allowed_tokens(model, prompt, ascii_only=True, whole_words=False)
+    tokens = torch.nonzero(allowed)[:, 0].numpy()
+    losses = candidate_losses(model, prompt, task.examples("train"), tokens[:, None], loss)
+    return int(tokens[np.argmin(losses)])
+
+
+def planted_config(**changes) -> TriggerSearchConfig:
+    settings = dict(steps=4, top_k=24, grad_batch=8, eval_batch=8, dev_every=1, dev_limit=None, seed=0,
+                    loss="vocab")
+    return TriggerSearchConfig(**(settings | changes))
+
+
+def test_search_finds_the_planted_trigger(planted_model):
+    task = make_task("{text} [T][P]", ["positive"] * len(TEXTS))
+    best = brute_force_best(planted_model, task, "vocab")
+    prompt, state = ts.trigger_search(planted_model, task, planted_config(), progress=False)
+    assert list(prompt.trigger_ids) == [best]
+    assert state.best_dev == 1.0
+
+
+def test_flipped_gradient_does_not_find_it(planted_model, monkeypatch):
+    task = make_task("{text} [T][P]", ["positive"] * len(TEXTS))
+    best = brute_force_best(planted_model, task, "vocab")
+    real = ts.trigger_gradient
+    monkeypatch.setattr(ts, "trigger_gradient", lambda *a, **k: -real(*a, **k))
+    prompt, _ = ts.trigger_search(planted_model, task, planted_config(), progress=False)
+    assert list(prompt.trigger_ids) != [best]
+
+
+def test_gradient_points_to_lower_loss(causal_lm):
+    """Tokens ranked best by -grad.E score a lower real loss than those ranked worst."""
+    model = causal_lm
+    task = make_task("{text} [T] [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
+    prompt = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",))
+    start = model.tokenizer(" the", add_special_tokens=False)["input_ids"] * 3
+    prompt = prompt.with_triggers(start, [" the"] * 3)
+    examples = task.examples("train")
+    scores = trigger_gradient(model, prompt, examples, "vocab")
+    scores[:, ~allowed_tokens(model, prompt, ascii_only=True, whole_words=False)] = float("nan")
+    slot = 2
+    ranked = torch.argsort(torch.nan_to_num(scores[slot], nan=-1e9), descending=True).numpy()
+    n_allowed = int((~torch.isnan(scores[slot])).sum())
+    top, bottom = ranked[:40], ranked[n_allowed - 40 : n_allowed]
+
+    def swapped(tokens):
+        cands = np.tile(np.asarray(start), (len(tokens), 1))
+        cands[:, slot] = tokens
+        return cands
+
+    top_loss = candidate_losses(model, prompt, examples, swapped(top), "vocab").mean()
+    bottom_loss = candidate_losses(model, prompt, examples, swapped(bottom), "vocab").mean()
+    assert top_loss < bottom_loss
+
+
+def test_token_filter(causal_lm):
+    model = causal_lm
+    prompt = Prompt(template="{text} [T][P]", verbalizer=VERBALIZER, fields=("text",)).with_triggers([5], ["x"])
+    mask = allowed_tokens(model, prompt, ascii_only=True, whole_words=False)
+    for special in model.tokenizer.all_special_ids:
+        assert not mask[special]
+    for word in (" positive", " negative"):
+        assert not mask[model.tokenizer(word, add_special_tokens=False)["input_ids"][0]]
+    for token in torch.nonzero(mask)[:50, 0].tolist():  # what is allowed round-trips
+        text = model.tokenizer.decode([token])
+        assert model.tokenizer(text, add_special_tokens=False)["input_ids"] == [token]
+    words = allowed_tokens(model, prompt, ascii_only=True, whole_words=True)
+    assert words.sum() < mask.sum()
+    assert all(model.tokenizer.decode([t]).startswith(" ") for t in torch.nonzero(words)[:50, 0].tolist())
+
+
+def test_gcg_mode_and_seed(causal_lm):
+    model = causal_lm
+    task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
+    cfg = planted_config(mode="gcg", n_candidates=12, steps=3, loss="labels")
+    a, sa = ts.trigger_search(model, task, cfg, progress=False)
+    b, sb = ts.trigger_search(model, task, cfg, progress=False)
+    assert a.trigger_ids == b.trigger_ids and sa.trigger_ids == sb.trigger_ids
+    assert len(a.trigger_ids) == 2
+
+
+def test_resume_equals_uninterrupted(causal_lm, tmp_path: Path):
+    model = causal_lm
+    task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
+    full = optimize(task, planted_config(steps=4, dev_every=2), model, runs_dir=tmp_path / "a", progress=False)
+    half = optimize(task, planted_config(steps=2, dev_every=2), model, runs_dir=tmp_path / "b", progress=False)
+    config = json.loads((half.run_dir / "config.json").read_text())
+    config["trigger"]["steps"] = 4  # as if it had been stopped after step 2
+    (half.run_dir / "config.json").write_text(json.dumps(config))
+    resumed = optimize(task, planted_config(), model, resume=half.run_dir, progress=False)
+    assert resumed.prompt.trigger_ids == full.prompt.trigger_ids
+    steps = [e["step"] for e in resumed.history]
+    assert steps == [0, 1, 2, 3, 4]
+    saved = autoprompt.read_prompt_file(resumed.prompt_file)
+    assert saved.prompt.trigger_ids == full.prompt.trigger_ids
+    assert set(saved.metrics) == {"dev", "test"}
+
+
+def test_with_trigger_slots():
+    assert with_trigger_slots("Review: {text}\nSentiment:[P]", 2) == "Review: {text} [T] [T]\nSentiment:[P]"
+    assert with_trigger_slots("{a} [T][P]", 5) == "{a} [T][P]"
+    assert with_trigger_slots("Q:[P]", 1) == "Q: [T][P]"
