@@ -181,11 +181,12 @@ def _config_options(cls):
 @click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue this run folder.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
+@click.option("--search-labels", is_flag=True, help="First search label words; use the best one per label.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_model_options
 @_config_options(__import__("autoprompt.trigger_search", fromlist=["TriggerSearchConfig"]).TriggerSearchConfig)
-def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, as_json: bool,
-             device: str | None, dtype: str | None, trust_remote_code: bool, **settings) -> None:
+def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, search_labels: bool,
+             as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool, **settings) -> None:
     """Search for a better prompt for TASK and save it in a run folder."""
     from autoprompt.model import DEFAULT_MODEL, load_model
     from autoprompt.optimize import optimize as run_optimize
@@ -198,10 +199,12 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
         model = model or Run.open(resume).config().get("model")
     config = TriggerSearchConfig(**{k: v for k, v in settings.items() if v is not None})
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = run_optimize(the_task, config, lm, runs_dir=runs_dir, resume=resume, progress=True)
+    result = run_optimize(the_task, config, lm, runs_dir=runs_dir, resume=resume, search_labels=search_labels,
+                          progress=True)
     report = {"task": the_task.name, "method": method, "model": lm.name, "run": str(result.run_dir),
               "prompt_file": str(result.prompt_file), "template": result.prompt.template,
-              "triggers": list(result.prompt.trigger_tokens), "metrics": result.metrics,
+              "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
+              "metrics": result.metrics,
               "baseline": result.baseline, "seconds": round(result.seconds, 1)}
     if as_json:
         click.echo(json.dumps(report))
@@ -213,6 +216,33 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
                    f"(manual template: {result.baseline[split][metric]:.4f})")
     click.echo(f"run folder: {result.run_dir}")
     click.echo(f"prompt file: {result.prompt_file}")
+
+
+@main.command()
+@click.argument("task")
+@click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True, help="Words proposed per label.")
+@click.option("--examples", type=click.IntRange(min=2), default=500, show_default=True, help="Train examples to fit on.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@_model_options
+def labels(task: str, model: str | None, top_k: int, examples: int, seed: int, as_json: bool,
+           device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+    """Propose label words for TASK (AutoPrompt's label search)."""
+    from autoprompt.label_search import search_label_words
+    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.task import load_task
+
+    the_task = load_task(task)
+    lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = search_label_words(lm, the_task, n_examples=examples, top_k=top_k, seed=seed)
+    if as_json:
+        click.echo(json.dumps({"task": the_task.name, "model": lm.name, "train_accuracy": result.train_accuracy,
+                               "words": result.words, "verbalizer": result.verbalizer(1)}))
+        return
+    click.echo(f"{the_task.name} on {lm.name}: classifier train accuracy {result.train_accuracy:.3f}")
+    for label, ranked in result.words.items():
+        click.echo(f"  {label}: " + ", ".join(f"{w} ({s:.2f})" for w, s in ranked))
 
 
 @main.command()

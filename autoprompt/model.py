@@ -99,19 +99,19 @@ class LanguageModel(ABC):
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.source, self.kind, self.tokenizer_fingerprint)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+    def hidden_states(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
+                      inputs_embeds: torch.Tensor | None = None,
                       past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states, [batch, seq, hidden] (final norm applied); ``past`` is a prefix's
         per-layer (keys, values) and ``attention_mask`` then covers prefix and ids."""
-        cache = None
+        kwargs = {}
         if past is not None:
             from transformers import DynamicCache
 
-            cache = DynamicCache(ddp_cache_data=past)
-        kwargs = {self._cache_argument: cache} if cache is not None else {}
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                       use_cache=past is not None, **kwargs)
+            kwargs[self._cache_argument] = DynamicCache(ddp_cache_data=past)
+        out = self.hf_model.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                       position_ids=position_ids, use_cache=past is not None, **kwargs)
         return out.last_hidden_state
 
     @cached_property
@@ -131,10 +131,10 @@ class LanguageModel(ABC):
         """Output logits of a few hidden states, [n, hidden] -> [n, vocab] (or [n, len(rows)])."""
         raise NotImplementedError
 
-    def log_probs_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     batch_index: torch.Tensor, positions: torch.Tensor, **past) -> torch.Tensor:
+    def log_probs_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+                     positions: torch.Tensor, **past) -> torch.Tensor:
         """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32."""
-        hidden = self.hidden_states(input_ids, attention_mask, **past)[batch_index, positions]  # [n, hidden]
+        hidden = self.hidden_states(input_ids, attention_mask, **past)[rows, positions]  # [n, hidden]
         return F.log_softmax(self.head_logits(hidden).float(), dim=-1)
 
 
@@ -160,11 +160,11 @@ class MaskedLM(LanguageModel):
         logits = head(hidden)
         return logits if rows is None else logits[:, rows]
 
-    def log_probs_at(self, input_ids, attention_mask, batch_index, positions, **past):
+    def log_probs_at(self, input_ids, attention_mask, rows, positions, **past):
         if _masked_lm_head(self.hf_model) is None:  # an architecture we don't know: full forward
             logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return F.log_softmax(logits[batch_index, positions].float(), dim=-1)
-        return super().log_probs_at(input_ids, attention_mask, batch_index, positions, **past)
+            return F.log_softmax(logits[rows, positions].float(), dim=-1)
+        return super().log_probs_at(input_ids, attention_mask, rows, positions, **past)
 
 
 def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module | None:

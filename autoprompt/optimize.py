@@ -36,9 +36,13 @@ class SearchResult:
 
 
 def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
-             resume: str | os.PathLike | None = None, progress: bool = True) -> SearchResult:
-    """Run a trigger search on a task in a new run folder (or continue ``resume``)."""
+             resume: str | os.PathLike | None = None, search_labels: bool = False, progress: bool = True) -> SearchResult:
+    """Run a trigger search on a task in a new run folder (or continue ``resume``).
+
+    ``search_labels``: first propose label words (label_search) and search with the best one
+    per label; the baseline stays the task's own prompt."""
     started = time.perf_counter()
+    manual_task = task
     if resume is not None:
         run = Run.open(resume)
         saved = run.config()
@@ -46,16 +50,26 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
             raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
                                   f"not {task.name} on {model.name}")
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
+        if saved.get("verbalizer") is not None:
+            task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
         state = TriggerState(**run.read_json("checkpoint.json")) if (run.path / "checkpoint.json").exists() else None
         if state is not None:  # drop events logged after the checkpoint
             run.truncate_log(sum(1 for e in run.events() if e.get("step", 0) <= state.step))
         log.info("resuming %s at step %d", run.path, state.step if state else 0)
     else:
+        label_words = None
+        if search_labels:
+            from autoprompt.label_search import search_label_words
+
+            label_words = search_label_words(model, task, seed=config.seed)
+            task = dataclasses.replace(task, verbalizer=label_words.verbalizer(1))
         run = Run.create(task.name, "trigger", {
             "method": "trigger", "task": task.name, "task_source": task.source, "model": model.name,
             "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
-            "trigger": dataclasses.asdict(config),
+            "trigger": dataclasses.asdict(config), "verbalizer": task.verbalizer, "search_labels": search_labels,
         }, runs_dir=runs_dir)
+        if label_words is not None:
+            run.write_json("labels.json", {"words": label_words.words, "train_accuracy": label_words.train_accuracy})
         state = None
     log.info("run folder: %s", run.path)
     run.write_json("result.json", {"state": "running"})
@@ -67,7 +81,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
-    baseline_prompt = Prompt.from_task(task)
+    baseline_prompt = Prompt.from_task(manual_task)
     metrics = _final_metrics(model, prompt, task)
     baseline = _final_metrics(model, baseline_prompt, task)
     prompt_file = save_prompt_file(PromptFile(

@@ -137,8 +137,10 @@ def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Ex
             for pos, token in zip(enc.trigger_positions, trigger_ids, strict=False):
                 ids[pos] = token
             out.append(Encoded(ids, enc.trigger_positions, enc.answer_position))
-    # everything before the first trigger is the same for all candidates of an example
-    split = [e.trigger_positions[0] if (model.is_causal and e.trigger_positions and len(candidates) > 1) else None
+    # everything before the first slot the candidates differ in is the same for all of them
+    varying = np.nonzero((candidates != candidates[:1]).any(axis=0))[0]
+    slot = int(varying[0]) if len(varying) else candidates.shape[1] - 1
+    split = [e.trigger_positions[slot] if (model.is_causal and e.trigger_positions and len(candidates) > 1) else None
              for e in out]
     return out, split
 
@@ -256,7 +258,7 @@ class _Queries:
         pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
         with torch.inference_mode():
-            prefix_kv = _PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None
+            prefix_kv = PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None
             for batch in tqdm(self._batches(batch_tokens), desc="scoring", unit="batch", disable=not progress, leave=False):
                 ids, mask = pad_right([self.sequences[s][1] for s in batch], pad_id, model.device)
                 row_of_seq[batch] = np.arange(len(batch))
@@ -264,10 +266,8 @@ class _Queries:
                 rows = torch.as_tensor(row_of_seq[seq[q]], device=model.device)
                 positions = torch.as_tensor(pos[q], device=model.device)
                 prefix_rows = [self.sequences[s][0] for s in batch]
-                if prefix_rows[0] >= 0:
-                    log_probs = prefix_kv.log_probs_at(prefix_rows, ids, mask, rows, positions)
-                else:
-                    log_probs = model.log_probs_at(ids, mask, rows, positions)  # [n_q, vocab]
+                past = prefix_kv.inputs(prefix_rows, mask) if prefix_rows[0] >= 0 else {"attention_mask": mask}
+                log_probs = model.log_probs_at(ids, rows=rows, positions=positions, **past)  # [n_q, vocab]
                 gold = log_probs.gather(1, torch.as_tensor(token[q], device=model.device)[:, None])[:, 0]
                 token_log_probs[q] = gold.cpu().numpy()
                 if self.want_rank:
@@ -292,7 +292,7 @@ class _Queries:
         return batches
 
 
-class _PrefixCache:
+class PrefixCache:
     """KV caches of shared prefixes, computed once, right-padded to one width."""
 
     def __init__(self, model: LanguageModel, prefixes: list[list[int]], pad_id: int, batch_tokens: int) -> None:
@@ -313,14 +313,13 @@ class _PrefixCache:
                 values[index, :, : v.shape[2]] = v
             self.mask[index, : mask.shape[1]] = mask
 
-    def log_probs_at(self, prefix_rows: list[int], ids: torch.Tensor, mask: torch.Tensor,
-                     rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def inputs(self, prefix_rows: list[int], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward arguments for continuations of the given prefixes ([batch, len] mask)."""
         index = torch.as_tensor(prefix_rows, device=self.model.device)
         # a fresh copy per batch: a forward mutates the cache it is given
         past = [(k[index], v[index]) for k, v in self.layers]
-        full_mask = torch.cat([self.mask[index], mask], dim=1)
-        position_ids = self.lengths[index][:, None] + torch.arange(ids.shape[1], device=ids.device)[None, :]
-        return self.model.log_probs_at(ids, full_mask, rows, positions, past=past, position_ids=position_ids)
+        position_ids = self.lengths[index][:, None] + torch.arange(mask.shape[1], device=mask.device)[None, :]
+        return {"past": past, "attention_mask": torch.cat([self.mask[index], mask], dim=1), "position_ids": position_ids}
 
 
 def pack_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt
 from autoprompt.scoring import (
+    PrefixCache,
     encode_examples,
     evaluate,
     label_word_ids,
@@ -61,7 +62,7 @@ class TriggerSearchConfig:
     dev_limit: int | None = _opt(200, "Dev examples used for selection (None: all).")
     patience: int | None = _opt(None, "Stop after this many dev checks without improvement.")
     time_budget: float | None = _opt(None, "Stop after this many seconds.")
-    init_token: str = _opt(" the", "Initial text of every trigger slot (one token).")
+    init_token: str = _opt("!", "Initial text of every trigger slot (one token; GCG's \"!\" keeps the template's accuracy).")
     ascii_only: bool = _opt(True, "Only propose tokens whose text is ASCII.")
     whole_words: bool = _opt(False, "Only propose tokens that start a word (leading space).")
     slot_order: str = _opt("cycle", "autoprompt mode: which slot each step changes.", choices=("cycle", "random"))
@@ -121,21 +122,33 @@ def allowed_tokens(model: LanguageModel, prompt: Prompt, *, ascii_only: bool, wh
 # --- gradient ------------------------------------------------------------------------------
 
 def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Example], loss_kind: str) -> torch.Tensor:
-    """-grad . E for every slot and token, [n_slots, vocab]: how much each swap should lower the loss."""
+    """-grad . E for every slot and token, [n_slots, vocab]: how much each swap should lower the loss.
+
+    On a causal LM the tokens before the first trigger do not depend on the triggers: they
+    are encoded once without a graph (their KV cache), and only the rest is back-propagated."""
     embedding = model.hf_model.get_input_embeddings().weight  # [vocab, hidden]
     encoded = encode_examples(model, prompt, examples)
-    one_hot = torch.zeros(len(prompt.trigger_ids), model.vocab_size, device=model.device, dtype=embedding.dtype)
-    one_hot[torch.arange(len(prompt.trigger_ids)), torch.tensor(prompt.trigger_ids)] = 1
+    n_slots = len(prompt.trigger_ids)
+    one_hot = torch.zeros(n_slots, model.vocab_size, device=model.device, dtype=embedding.dtype)
+    one_hot[torch.arange(n_slots), torch.tensor(prompt.trigger_ids)] = 1
     one_hot.requires_grad_(True)
     trigger_embeds = one_hot @ embedding  # [n_slots, hidden]
-    ids, mask = pad_right([e.input_ids for e in encoded], _pad_id(model), model.device)
+    split = [e.trigger_positions[0] if model.is_causal else 0 for e in encoded]
+    if min(split) == 0:
+        split = [0] * len(encoded)
+    ids, mask = pad_right([e.input_ids[k:] for e, k in zip(encoded, split, strict=False)], _pad_id(model), model.device)
+    forward = {"attention_mask": mask}
+    if split[0]:
+        with torch.no_grad():
+            cache = PrefixCache(model, [e.input_ids[:k] for e, k in zip(encoded, split, strict=False)], _pad_id(model), 1 << 16)
+        forward = cache.inputs(list(range(len(encoded))), mask)
     rows = torch.tensor([r for r, e in enumerate(encoded) for _ in e.trigger_positions], device=model.device)
-    cols = torch.tensor([p for e in encoded for p in e.trigger_positions], device=model.device)
-    slots = torch.arange(len(prompt.trigger_ids), device=model.device).repeat(len(encoded))
+    cols = torch.tensor([p - k for e, k in zip(encoded, split, strict=False) for p in e.trigger_positions], device=model.device)
+    slots = torch.arange(n_slots, device=model.device).repeat(len(encoded))
     embeds = embedding[ids].index_put((rows, cols), trigger_embeds[slots])  # [batch, seq, hidden]
-    out = model.hf_model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-    answer_pos = torch.tensor([e.answer_position for e in encoded], device=model.device)
-    hidden = out.last_hidden_state[torch.arange(len(encoded), device=model.device), answer_pos]  # [batch, hidden]
+    states = model.hidden_states(None, inputs_embeds=embeds, **forward)
+    answer_pos = torch.tensor([e.answer_position - k for e, k in zip(encoded, split, strict=False)], device=model.device)
+    hidden = states[torch.arange(len(encoded), device=model.device), answer_pos]  # [batch, hidden]
     log_probs = F.log_softmax(model.head_logits(hidden).float(), dim=-1)  # [batch, vocab]
     loss = _answer_loss(model, prompt, examples, log_probs, loss_kind).mean()
     loss.backward()

@@ -153,3 +153,24 @@ def masked_lm(tiny_masked_dir: Path):
     from autoprompt import load_model
 
     return load_model(str(tiny_masked_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def planted_model(tmp_path_factory, bpe_tokenizer_dir):
+    """A Llama with no layers: the output at [P] depends on the last token alone, which is
+    the trigger in "{text} [T][P]". So the best trigger can be found by brute force."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bpe_tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=0,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("planted")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    from autoprompt import load_model
+
+    return load_model(str(out))

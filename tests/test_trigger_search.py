@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 import autoprompt
@@ -25,25 +24,6 @@ from autoprompt.trigger_search import (
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
 TEXTS = ["a fine film", "the plot is thin", "it moves", "what a cast", "slow and long", "i laughed",
          "a mess", "worth it"]
-
-
-@pytest.fixture(scope="module")
-def planted_model(tmp_path_factory, bpe_tokenizer_dir):
-    """A Llama with no layers: the output at [P] depends on the last token alone, which is
-    the trigger in "{text} [T][P]". So the best trigger can be found by brute force."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(bpe_tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=0,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("planted")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return autoprompt.load_model(str(out))
 
 
 def make_task(template: str, answers: list[str]) -> Task:
@@ -156,3 +136,39 @@ def test_with_trigger_slots():
     assert with_trigger_slots("Review: {text}\nSentiment:[P]", 2) == "Review: {text} [T] [T]\nSentiment:[P]"
     assert with_trigger_slots("{a} [T][P]", 5) == "{a} [T][P]"
     assert with_trigger_slots("Q:[P]", 1) == "Q: [T][P]"
+
+
+def test_masked_lm_path(masked_lm, tmp_path: Path):
+    """The same search on a masked LM: [P] is the mask, candidates are full sequences."""
+    task = make_task("{text} [T] [T] it was [P] .", ["positive", "negative"] * 4)
+    result = optimize(task, planted_config(steps=2, top_k=6, loss="labels"), masked_lm, runs_dir=tmp_path,
+                      progress=False)
+    assert len(result.prompt.trigger_ids) == 2
+    assert masked_lm.tokenizer.mask_token_id not in result.prompt.trigger_ids
+    saved = autoprompt.load_prompt(result.prompt_file, model=masked_lm)
+    expected = autoprompt.evaluate(masked_lm, result.prompt, task.examples("test")).predictions
+    assert saved.predict(TEXTS) == expected
+    assert "[MASK]" in saved.render(TEXTS[0])
+
+
+def test_masked_candidates_equal_one_by_one(masked_lm):
+    task = make_task("{text} [T] [T] it was [P] .", ["positive", "negative"] * 4)
+    prompt = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",)).with_triggers([30, 31], ["a", "b"])
+    candidates = np.array([[30, 31], [40, 31], [30, 50]])
+    together = candidate_losses(masked_lm, prompt, task.examples("train"), candidates, "vocab")
+    alone = [candidate_losses(masked_lm, prompt.with_triggers(list(c), ["x", "y"]), task.examples("train"),
+                              c[None, :], "vocab")[0] for c in candidates]
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+
+
+def test_free_form_targets(causal_lm, tmp_path: Path):
+    """Fact retrieval: open-vocabulary targets, precision@1 as the dev metric."""
+    facts = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain")]
+    examples = [Example({"subject": s}, o, f"facts:{i}") for i, (s, o) in enumerate(facts)]
+    task = Task(name="facts", template="{subject} is in[P]", metric="precision@1",
+                splits={"train": examples, "dev": examples, "test": examples})
+    result = optimize(task, planted_config(steps=2, n_triggers=2, top_k=5), causal_lm, runs_dir=tmp_path,
+                      progress=False)
+    assert result.prompt.template == "{subject} [T] [T] is in[P]"
+    assert set(result.metrics["test"]) >= {"precision@1", "mrr"}
+    assert result.baseline["test"]["precision@1"] >= 0
