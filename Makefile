@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.autoprompt-installed
-DEMO_PROMPT := runs/demo/sst2-manual.prompt.json
 
 .PHONY: install demo test lint clean
 
@@ -20,10 +19,11 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/autoprompt evaluate sst2 --split test -o $(DEMO_PROMPT)
+	# a short real trigger search on SST-2 with the embedded model, scored on test at the end
+	$(BIN)/autoprompt optimize sst2 --method trigger --steps 6 --dev-every 3 --dev-limit 100 --runs-dir runs/demo
 	printf 'a gripping , beautifully acted film\nthe plot is a tedious mess\n' | \
-		$(BIN)/autoprompt predict --prompt $(DEMO_PROMPT) -
-	@echo "prompt file: $(DEMO_PROMPT)"
+		$(BIN)/autoprompt predict --prompt "$$(ls -td runs/demo/*/ | head -1)best.prompt.json" -
+	@echo "prompt file: $$(ls -td runs/demo/*/ | head -1)best.prompt.json"
 
 test: install
 	$(BIN)/python -m pytest

@@ -82,7 +82,9 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
         run.write_json("result.json", {"state": "failed"})
         raise
     baseline_prompt = Prompt.from_task(manual_task)
-    metrics = _final_metrics(model, prompt, task)
+    # with all of dev used for selection, the best prompt's dev metrics are already known
+    known = {"dev": state.best_dev_metrics} if config.dev_limit is None and state.best_dev_metrics else {}
+    metrics = _final_metrics(model, prompt, task, known)
     baseline = _final_metrics(model, baseline_prompt, task)
     prompt_file = save_prompt_file(PromptFile(
         prompt, task_name=task.name, metric=task.metric, metrics=metrics,
@@ -95,9 +97,11 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
 
 
-def _final_metrics(model: LanguageModel, prompt: Prompt, task: Task) -> dict[str, dict[str, float]]:
+def _final_metrics(model: LanguageModel, prompt: Prompt, task: Task,
+                   known: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """Dev and test metrics; test is only ever reported, never used to choose."""
-    return {split: evaluate(model, prompt, task.examples(split), metric=task.metric).metrics
+    known = known or {}
+    return {split: known.get(split) or evaluate(model, prompt, task.examples(split), metric=task.metric).metrics
             for split in ("dev", "test") if task.splits.get(split)}
 
 

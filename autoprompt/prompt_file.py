@@ -173,6 +173,7 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -183,3 +184,9 @@ def write_atomic(path: Path, text: str) -> None:
         if isinstance(exc, OSError):
             raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

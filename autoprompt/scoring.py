@@ -76,19 +76,19 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
 
 
 def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
-                 candidates: np.ndarray | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 progress: bool = False) -> np.ndarray:
+                 candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
     """Log-probability of each label at [P], [n_examples, n_labels].
 
     A label's log-prob is log-sum-exp over its words; a multi-token word is scored by
     teacher forcing (causal LMs), the sum of its tokens' log-probs. With ``candidates``
     (trigger ids, [n_candidates, n_slots]) every candidate is scored on every example in
     one go, sharing each example's prefix, and the result is [n_candidates, n_examples, n_labels]."""
-    encoded, split = _candidate_encodings(model, prompt, examples, candidates)
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache)
     words = label_word_ids(model, prompt)
     flat_words = [w for label_words in words for w in label_words]
     word_label = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
-    queries = _Queries()
+    queries = _Queries(prefix_cache=prefix_cache)
     for i, enc in enumerate(encoded):
         for j, word in enumerate(flat_words):
             queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal, split_at=split[i])
@@ -100,12 +100,13 @@ def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], 
 
 
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
-                  candidates: np.ndarray | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
+                  batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n].
 
     With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
-    encoded, split = _candidate_encodings(model, prompt, examples, candidates)
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache)
     template = render_template(model, prompt)
     targets = []
     for example in examples:
@@ -113,19 +114,21 @@ def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example],
         if not target:
             raise TemplateError(f"{example.source}: empty target")
         targets.append(target if model.is_causal else target[:1])  # a masked LM fills one slot
-    queries = _Queries(want_rank=True)
+    queries = _Queries(want_rank=True, prefix_cache=prefix_cache)
     for i, enc in enumerate(encoded):
         queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
     log_probs = queries.run(model, batch_tokens, progress)
     return log_probs, queries.first_rank, queries.first_top
 
 
-def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Example],
-                         candidates: np.ndarray | None) -> tuple[list[Encoded], list[int | None]]:
+def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray | None,
+                         prefix_cache: PrefixCache | None = None) -> tuple[list[Encoded], list[int | None]]:
     """Encodings of every (candidate, example), candidate-major, rendered once per example
     (a candidate only swaps trigger ids); and where each may split into a shared prefix."""
     encoded = encode_examples(model, prompt, examples)
     if candidates is None:
+        if prefix_cache is not None:  # the prefixes before the first trigger are already encoded
+            return encoded, [e.trigger_positions[0] for e in encoded]
         return encoded, [None] * len(encoded)
     candidates = np.asarray(candidates)
     if candidates.ndim != 2 or candidates.shape[1] != len(prompt.trigger_ids):
@@ -156,21 +159,24 @@ def task_loss(label_scores: torch.Tensor, gold: torch.Tensor, kind: str = "vocab
 
 
 def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
-             batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> Evaluation:
+             prefix_cache: PrefixCache | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+             progress: bool = False) -> Evaluation:
     """Score a prompt on labelled examples: predictions and metrics."""
     if prompt.is_classification:
         for example in examples:
             if example.answer not in prompt.labels:
                 raise TemplateError(f"{example.source}: label {example.answer!r} is not one of the prompt's labels "
                                     f"({', '.join(prompt.labels)})")
-        scores = score_labels(model, prompt, examples, batch_tokens=batch_tokens, progress=progress)
+        scores = score_labels(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
+                              progress=progress)
         labels = prompt.labels
         predicted = [labels[k] for k in scores.argmax(axis=1)]
         gold = [e.answer for e in examples]
         metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
                    "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
         return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
-    log_probs, ranks, top = score_targets(model, prompt, examples, batch_tokens=batch_tokens, progress=progress)
+    log_probs, ranks, top = score_targets(model, prompt, examples, prefix_cache=prefix_cache,
+                                          batch_tokens=batch_tokens, progress=progress)
     predicted = [model.tokenizer.decode([t]).strip() for t in top]
     metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
     return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
@@ -219,9 +225,10 @@ class _Queries:
     the first trigger): its KV cache is computed once and reused by every sequence that
     starts with it."""
 
-    def __init__(self, want_rank: bool = False) -> None:
+    def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None) -> None:
+        self.prefix_cache = prefix_cache  # prefixes encoded earlier; else computed in run()
         self.prefixes: list[list[int]] = []
-        self._prefix_index: dict[tuple[int, ...], int] = {}
+        self._prefix_index: dict[tuple[int, ...], int] = prefix_cache.index if prefix_cache else {}
         self.sequences: list[tuple[int, list[int]]] = []  # (prefix index or -1, the rest of the ids)
         self._seq_index: dict[tuple[int, tuple[int, ...]], int] = {}
         self.seq, self.pos, self.token, self.out, self.is_first = [], [], [], [], []
@@ -233,9 +240,14 @@ class _Queries:
         prefix = -1
         if split_at:
             key = tuple(ids[:split_at])
-            prefix = self._prefix_index.setdefault(key, len(self.prefixes))
-            if prefix == len(self.prefixes):
-                self.prefixes.append(list(key))
+            if self.prefix_cache is not None:
+                if key not in self._prefix_index:
+                    raise TemplateError("an example's prefix is not in the given prefix cache")
+                prefix = self._prefix_index[key]
+            else:
+                prefix = self._prefix_index.setdefault(key, len(self.prefixes))
+                if prefix == len(self.prefixes):
+                    self.prefixes.append(list(key))
             ids = ids[split_at:]
         seq = self._seq_index.setdefault((prefix, tuple(ids)), len(self.sequences))
         if seq == len(self.sequences):
@@ -258,7 +270,7 @@ class _Queries:
         pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
         with torch.inference_mode():
-            prefix_kv = PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None
+            prefix_kv = self.prefix_cache or (PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None)
             for batch in tqdm(self._batches(batch_tokens), desc="scoring", unit="batch", disable=not progress, leave=False):
                 ids, mask = pad_right([self.sequences[s][1] for s in batch], pad_id, model.device)
                 row_of_seq[batch] = np.arange(len(batch))
@@ -295,8 +307,10 @@ class _Queries:
 class PrefixCache:
     """KV caches of shared prefixes, computed once, right-padded to one width."""
 
-    def __init__(self, model: LanguageModel, prefixes: list[list[int]], pad_id: int, batch_tokens: int) -> None:
+    def __init__(self, model: LanguageModel, prefixes: list[list[int]], pad_id: int,
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
         self.model = model
+        self.index = {tuple(p): i for i, p in enumerate(prefixes)}
         width = max(len(p) for p in prefixes)
         self.lengths = torch.tensor([len(p) for p in prefixes], device=model.device)
         self.mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=model.device)
@@ -312,6 +326,17 @@ class PrefixCache:
                 keys[index, :, : k.shape[2]] = k
                 values[index, :, : v.shape[2]] = v
             self.mask[index, : mask.shape[1]] = mask
+
+    @classmethod
+    def for_examples(cls, model: LanguageModel, prompt: Prompt, examples: list[Example]) -> PrefixCache | None:
+        """The KV cache of each example's tokens before the first trigger, to score many
+        trigger sequences on the same examples (None when there is nothing to share)."""
+        encoded = encode_examples(model, prompt, examples)
+        if not model.is_causal or not encoded or not encoded[0].trigger_positions:
+            return None
+        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+        with torch.inference_mode():
+            return cls(model, [e.input_ids[: e.trigger_positions[0]] for e in encoded], pad)
 
     def inputs(self, prefix_rows: list[int], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward arguments for continuations of the given prefixes ([batch, len] mask)."""

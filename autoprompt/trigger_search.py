@@ -48,7 +48,7 @@ class TriggerSearchConfig:
     """Settings of the trigger search; the defaults are the recommended ones."""
 
     n_triggers: int = _opt(5, "[T] slots to add before the text ahead of [P] when the template has none.")
-    steps: int = _opt(40, "Search steps at most.")
+    steps: int = _opt(30, "Search steps at most.")
     mode: str = _opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
                      choices=("autoprompt", "gcg"))
     top_k: int = _opt(32, "Candidate tokens per slot, from -grad . E.")
@@ -57,9 +57,9 @@ class TriggerSearchConfig:
                      "labels: log-softmax over the label set.", choices=("vocab", "labels"))
     grad_batch: int = _opt(32, "Train examples per gradient batch.")
     grad_accumulation: int = _opt(1, "Gradient batches accumulated per step.")
-    eval_batch: int = _opt(16, "Train examples each candidate is scored on.")
+    eval_batch: int = _opt(16, "Train examples each candidate is scored on (fewer: noisier choices).")
     dev_every: int = _opt(5, "Score the current prompt on dev every N steps.")
-    dev_limit: int | None = _opt(200, "Dev examples used for selection (None: all).")
+    dev_limit: int | None = _opt(None, "Dev examples used for selection (default: all; their prefixes are cached).")
     patience: int | None = _opt(None, "Stop after this many dev checks without improvement.")
     time_budget: float | None = _opt(None, "Stop after this many seconds.")
     init_token: str = _opt("!", "Initial text of every trigger slot (one token; GCG's \"!\" keeps the template's accuracy).")
@@ -78,6 +78,7 @@ class TriggerState:
     best_trigger_ids: list[int] = field(default_factory=list)
     best_dev: float = float("-inf")
     best_dev_log_prob: float = float("-inf")  # breaks ties of the dev metric
+    best_dev_metrics: dict[str, float] = field(default_factory=dict)  # all dev metrics of the best
     dev_checks_without_gain: int = 0
     rng_state: Any = None
     seconds: float = 0.0
@@ -226,44 +227,26 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=cfg.steps, initial=state.step, desc="trigger search", unit="step", disable=not progress)
     prompt = _with_ids(model, base, state.trigger_ids)
+    dev_cache = PrefixCache.for_examples(model, prompt, dev)  # dev is scored every few steps
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
-        state.best_dev, state.best_dev_log_prob = _dev_metric(model, prompt, dev, task.metric)
+        _check_dev(model, prompt, state, dev, task.metric, dev_cache)
         _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
     while state.step < cfg.steps:
         if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
             log.info("time budget of %.0fs spent after %d steps", cfg.time_budget, state.step)
             break
         t0 = time.perf_counter()
-        grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
-        for _ in range(cfg.grad_accumulation):
-            grads += trigger_gradient(model, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
-        grads[:, ~allowed] = float("-inf")
-        candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
-        eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
-        everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])
-        losses = candidate_losses(model, prompt, eval_examples, everyone, cfg.loss)  # [1 + n_candidates]
-        best = int(np.argmin(losses[1:])) + 1
-        accepted = bool(losses[best] < losses[0])
-        if accepted:
-            state.trigger_ids = [int(t) for t in everyone[best]]
-            prompt = _with_ids(model, base, state.trigger_ids)
-        state.step += 1
-        event = {"step": state.step, "loss": float(losses[0]), "best_candidate_loss": float(losses[best]),
-                 "accepted": accepted, "n_candidates": len(candidates), "triggers": list(prompt.trigger_tokens)}
+        event = _step(model, prompt, state, cfg, rng, train, allowed)
+        prompt = _with_ids(model, base, state.trigger_ids)
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
-            event["dev"], dev_log_prob = _dev_metric(model, prompt, dev, task.metric)
-            if (event["dev"], dev_log_prob) > (state.best_dev, state.best_dev_log_prob):
-                state.best_dev, state.best_dev_log_prob = event["dev"], dev_log_prob
-                state.best_trigger_ids = list(state.trigger_ids)
-                state.dev_checks_without_gain = 0
-            else:
-                state.dev_checks_without_gain += 1
+            event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache)
         event["seconds"] = round(time.perf_counter() - t0, 3)
         state.seconds = time.perf_counter() - started
         state.rng_state = rng.getstate()
         _record(run, state, event)
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[0]:.3f}", best_dev=f"{state.best_dev:.3f}", triggers="".join(prompt.trigger_tokens)[:40])
+        bar.set_postfix(loss=f"{event['loss']:.3f}", best_dev=f"{state.best_dev:.3f}",
+                        triggers="".join(prompt.trigger_tokens)[:40])
         if cfg.patience is not None and state.dev_checks_without_gain >= cfg.patience:
             log.info("no dev gain in %d checks: stopping at step %d", cfg.patience, state.step)
             break
@@ -271,14 +254,44 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     return _with_ids(model, base, state.best_trigger_ids), state
 
 
+def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: TriggerSearchConfig, rng: random.Random,
+          train: list[Example], allowed: torch.Tensor) -> dict[str, Any]:
+    """One search step: gradient, candidates, their real scores, keep the best if it helps."""
+    n_slots = len(state.trigger_ids)
+    grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
+    for _ in range(cfg.grad_accumulation):  # each batch's graph is freed before the next
+        grads += trigger_gradient(model, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
+    grads[:, ~allowed] = float("-inf")
+    candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
+    eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
+    everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])  # the current prompt is row 0
+    losses = candidate_losses(model, prompt, eval_examples, everyone, cfg.loss)
+    best = int(np.argmin(losses[1:])) + 1
+    accepted = bool(losses[best] < losses[0])
+    if accepted:
+        state.trigger_ids = [int(t) for t in everyone[best]]
+    state.step += 1
+    return {"step": state.step, "loss": float(losses[0]), "best_candidate_loss": float(losses[best]),
+            "accepted": accepted, "n_candidates": len(candidates),
+            "triggers": [model.tokenizer.decode([t]) for t in state.trigger_ids]}
+
+
+def _check_dev(model: LanguageModel, prompt: Prompt, state: TriggerState, dev: list[Example], metric: str,
+               cache: PrefixCache | None) -> float:
+    """Score the current prompt on dev; remember it if it is the best so far (ties: gold log-prob)."""
+    metrics = evaluate(model, prompt, dev, metric=metric, prefix_cache=cache).metrics
+    log_prob = metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
+    if (metrics[metric], log_prob) > (state.best_dev, state.best_dev_log_prob):
+        state.best_dev, state.best_dev_log_prob = metrics[metric], log_prob
+        state.best_trigger_ids, state.best_dev_metrics = list(state.trigger_ids), metrics
+        state.dev_checks_without_gain = 0
+    else:
+        state.dev_checks_without_gain += 1
+    return metrics[metric]
+
+
 def _with_ids(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prompt:
     return prompt.with_triggers(list(ids), [model.tokenizer.decode([i]) for i in ids])
-
-
-def _dev_metric(model: LanguageModel, prompt: Prompt, dev: list[Example], metric: str) -> tuple[float, float]:
-    """The dev metric, and the mean log-prob of the gold answers to break its ties."""
-    metrics = evaluate(model, prompt, dev, metric=metric).metrics
-    return metrics[metric], metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
 
 
 def _record(run, state: TriggerState, event: dict) -> None:

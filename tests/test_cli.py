@@ -223,3 +223,62 @@ def test_real_process_exit_code_and_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [f"error: {missing}: no such file"]
+
+
+# --- optimize and labels ------------------------------------------------------------------------------------
+
+def write_full_task(folder: Path, template: str) -> Path:
+    """A task file with train, dev and test splits (the searches need all three)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
+    task = folder / "full.py"
+    task.write_text(
+        "from pathlib import Path\n"
+        "from autoprompt.task import Task, read_examples\n"
+        "rows = read_examples(Path(__file__).parent / 'rows.jsonl')\n"
+        f"task = Task(name='full', template={template!r}, verbalizer={VERBALIZER!r},\n"
+        "            splits={'train': rows, 'dev': rows, 'test': rows})\n",
+        encoding="utf-8",
+    )
+    return task
+
+
+def test_optimize_trigger_json_and_resume(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    task = write_full_task(tmp_path / "task", CAUSAL_TEMPLATE)
+    flags = ["--model", tiny_causal_dir, "--steps", 2, "--n-triggers", 2, "--top-k", 4, "--dev-every", 1,
+             "--runs-dir", tmp_path / "runs", "--json"]
+    report = one_json(ok(invoke("optimize", task, *flags)))
+    run = Path(report["run"])
+    assert Path(report["prompt_file"]) == run / "best.prompt.json" and Path(report["prompt_file"]).exists()
+    assert len(report["triggers"]) == 2 and report["template"].count("[T]") == 2
+    assert set(report["metrics"]) == {"dev", "test"} and set(report["baseline"]) == {"dev", "test"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["trigger"]["seed"] == 0 and config["trigger"]["steps"] == 2 and config["model"] == str(tiny_causal_dir)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+    assert json.loads((run / "result.json").read_text())["state"] == "finished"
+    again = one_json(ok(invoke("optimize", task, "--resume", run, "--json")))  # nothing left to do
+    assert again["triggers"] == report["triggers"] and again["run"] == str(run)
+
+
+@pytest.mark.parametrize("flag, value", [("--time-budget", "soon"), ("--steps", "0"), ("--top-k", "-3"),
+                                         ("--mode", "beam")])
+def test_optimize_rejects_bad_flags(tiny_causal_dir: Path, tmp_path: Path, flag: str, value: str) -> None:
+    task = write_full_task(tmp_path / "task", CAUSAL_TEMPLATE)
+    result = invoke("optimize", task, "--model", tiny_causal_dir, "--runs-dir", tmp_path / "runs", flag, value)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_time_budget_parses_durations() -> None:
+    from autoprompt.cli import _Duration
+
+    assert [_Duration().convert(v, None, None) for v in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
+
+
+def test_labels_command(tiny_causal_dir: Path, tmp_path: Path) -> None:
+    task = write_full_task(tmp_path / "task", CAUSAL_TEMPLATE)
+    report = one_json(ok(invoke("labels", task, "--model", tiny_causal_dir, "--top-k", 3, "--json")))
+    assert set(report["words"]) == {"negative", "positive"}
+    assert all(len(words) == 3 for words in report["words"].values())
+    assert report["verbalizer"] == {label: [words[0][0]] for label, words in report["words"].items()}

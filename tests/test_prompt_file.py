@@ -234,3 +234,18 @@ def test_any_wrong_value_is_a_prompt_file_error(saved: Path) -> None:
             except PromptFileError:
                 rejected += 1
     assert rejected > 100
+
+
+def test_written_files_get_the_usual_mode(tmp_path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the result must be readable like any file."""
+    import os
+    import stat
+
+    from autoprompt.prompt_file import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

@@ -226,3 +226,17 @@ def test_candidates_equal_scoring_each_prompt(which: str, causal_lm: LanguageMod
     for k, trigger_ids in enumerate(candidates.tolist()):
         alone = score_labels(lm, prompt.with_triggers(trigger_ids, ["a", "b"]), data)
         np.testing.assert_allclose(together[k], alone, atol=1e-5, rtol=0)
+
+
+def test_prefix_cache_gives_the_same_scores(causal_lm) -> None:
+    """Scoring with the examples' prefixes encoded beforehand equals scoring full sequences."""
+    from autoprompt.scoring import PrefixCache
+
+    examples = [Example({"text": t}, "positive", f"t:{i}") for i, t in enumerate(TEXTS)]
+    prompt = Prompt(template="Review: {text} [T] [T]\nSentiment:[P]", verbalizer={"negative": ["negative"], "positive": ["positive"]},
+                    fields=("text",)).with_triggers([40, 41], ["a", "b"])
+    cache = PrefixCache.for_examples(causal_lm, prompt, examples)
+    for triggers in ([40, 41], [99, 7]):
+        p = prompt.with_triggers(triggers, ["x", "y"])
+        np.testing.assert_allclose(score_labels(causal_lm, p, examples, prefix_cache=cache),
+                                   score_labels(causal_lm, p, examples), atol=1e-5)
