@@ -161,7 +161,7 @@ def _config_options(cls):
                 elif fld.name == "time_budget":
                     ptype = _Duration()
                 elif kind.startswith("int"):
-                    ptype = click.IntRange(min=0 if fld.name in ("seed", "n_triggers") else 1)
+                    ptype = click.IntRange(min=meta.get("min", 1))
                 elif kind.startswith("float"):
                     ptype = click.FloatRange(min=0, min_open=True)
                 else:

@@ -17,7 +17,7 @@ from autoprompt.prompt_file import PromptFile, save_prompt_file
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
 from autoprompt.scoring import evaluate
 from autoprompt.task import Task
-from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, trigger_search
+from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, initial_prompt, trigger_search
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
 
             label_words = search_label_words(model, task, seed=config.seed)
             task = dataclasses.replace(task, verbalizer=label_words.verbalizer(1))
+        initial_prompt(model, task, config)  # bad templates fail here, before a run folder exists
         run = Run.create(task.name, "trigger", {
             "method": "trigger", "task": task.name, "task_source": task.source, "model": model.name,
             "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),

@@ -31,6 +31,7 @@ from autoprompt.scoring import (
     score_targets,
     task_loss,
 )
+from autoprompt.template import count_triggers
 
 if TYPE_CHECKING:
     from autoprompt.model import LanguageModel
@@ -47,7 +48,9 @@ def _opt(default: Any, help: str, **kw: Any) -> Any:
 class TriggerSearchConfig:
     """Settings of the trigger search; the defaults are the recommended ones."""
 
-    n_triggers: int = _opt(5, "[T] slots to add before the text ahead of [P] when the template has none.")
+    template: str | None = _opt(None, "Template with [T] slots to search in (default: the task's; without [T] slots, "
+                                "n_triggers are added after its last field).")
+    n_triggers: int = _opt(5, "[T] slots to add after the last field when the template has none.", min=0)
     steps: int = _opt(30, "Search steps at most.")
     mode: str = _opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
                      choices=("autoprompt", "gcg"))
@@ -58,6 +61,8 @@ class TriggerSearchConfig:
     grad_batch: int = _opt(32, "Train examples per gradient batch.")
     grad_accumulation: int = _opt(1, "Gradient batches accumulated per step.")
     eval_batch: int = _opt(16, "Train examples each candidate is scored on (fewer: noisier choices).")
+    confirm_batch: int = _opt(32, "Fresh train examples the best candidate must also beat the current prompt on "
+                              "before it is kept (0: keep it on the evaluation batch alone).", min=0)
     dev_every: int = _opt(5, "Score the current prompt on dev every N steps.")
     dev_limit: int | None = _opt(None, "Dev examples used for selection (default: all; their prefixes are cached).")
     patience: int | None = _opt(None, "Stop after this many dev checks without improvement.")
@@ -66,7 +71,7 @@ class TriggerSearchConfig:
     ascii_only: bool = _opt(True, "Only propose tokens whose text is ASCII.")
     whole_words: bool = _opt(False, "Only propose tokens that start a word (leading space).")
     slot_order: str = _opt("cycle", "autoprompt mode: which slot each step changes.", choices=("cycle", "random"))
-    seed: int = _opt(0, "Seed of every random choice; same seed, same run on the same machine.")
+    seed: int = _opt(0, "Seed of every random choice; same seed, same run on the same machine.", min=0)
 
 
 @dataclass
@@ -205,20 +210,28 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
 
 # --- the search ----------------------------------------------------------------------------
 
-def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *, run=None,
-                   state: TriggerState | None = None, progress: bool = True) -> tuple[Prompt, TriggerState]:
-    """Run the search (or continue it from ``state``); returns the best prompt and the final state."""
-    from tqdm.auto import tqdm
-
-    template = with_trigger_slots(task.template, cfg.n_triggers)
-    base = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
-    n_slots = base.n_trigger_slots
+def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig) -> Prompt:
+    """The prompt the search starts from, checked on one example of each split."""
+    template = with_trigger_slots(cfg.template or task.template, cfg.n_triggers)
+    n_slots = count_triggers(template)
     if n_slots == 0:
         raise AutoPromptError(f"{task.name}: the template has no [T] slots and n_triggers is 0")
     init = model.tokenizer(cfg.init_token, add_special_tokens=False)["input_ids"]
     if len(init) != 1:
         raise AutoPromptError(f"init_token {cfg.init_token!r} is {len(init)} tokens; it must be one")
-    state = state or TriggerState(trigger_ids=init * n_slots, best_trigger_ids=init * n_slots)
+    prompt = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
+    prompt = prompt.with_triggers(init * n_slots, [cfg.init_token] * n_slots)
+    encode_examples(model, prompt, [task.examples(split)[0] for split in task.splits])
+    return prompt
+
+
+def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *, run=None,
+                   state: TriggerState | None = None, progress: bool = True) -> tuple[Prompt, TriggerState]:
+    """Run the search (or continue it from ``state``); returns the best prompt and the final state."""
+    from tqdm.auto import tqdm
+
+    base = initial_prompt(model, task, cfg)
+    state = state or TriggerState(trigger_ids=list(base.trigger_ids), best_trigger_ids=list(base.trigger_ids))
     rng = random.Random(cfg.seed)
     if state.rng_state is not None:
         rng.setstate(_tuple_state(state.rng_state))
@@ -268,6 +281,10 @@ def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: Trigge
     losses = candidate_losses(model, prompt, eval_examples, everyone, cfg.loss)
     best = int(np.argmin(losses[1:])) + 1
     accepted = bool(losses[best] < losses[0])
+    if accepted and cfg.confirm_batch:  # the best of many on one batch is biased low: check it on fresh data
+        confirm = rng.sample(train, min(cfg.confirm_batch, len(train)))
+        confirm_losses = candidate_losses(model, prompt, confirm, everyone[[0, best]], cfg.loss)
+        accepted = bool(confirm_losses[1] < confirm_losses[0])
     if accepted:
         state.trigger_ids = [int(t) for t in everyone[best]]
     state.step += 1

@@ -172,3 +172,22 @@ def test_free_form_targets(causal_lm, tmp_path: Path):
     assert result.prompt.template == "{subject} [T] [T] is in[P]"
     assert set(result.metrics["test"]) >= {"precision@1", "mrr"}
     assert result.baseline["test"]["precision@1"] >= 0
+
+
+def test_confirm_batch_rejects_a_winner_by_chance(causal_lm, monkeypatch):
+    """A candidate that wins on the evaluation batch but loses on fresh examples is not kept."""
+    task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
+    calls = []
+
+    def fake_losses(model, prompt, examples, candidates, loss_kind):
+        calls.append(len(candidates))
+        if len(calls) % 2 == 1:  # the evaluation batch: candidate 1 looks best
+            return np.array([1.0, 0.5] + [0.9] * (len(candidates) - 2))
+        return np.array([1.0, 1.2])  # the confirmation: it is worse after all
+
+    monkeypatch.setattr(ts, "candidate_losses", fake_losses)
+    _, state = ts.trigger_search(causal_lm, task, planted_config(steps=2, dev_every=5), progress=False)
+    assert calls[1::2] == [2, 2] and state.trigger_ids == [state.best_trigger_ids[0]] * 2
+    calls.clear()
+    _, state = ts.trigger_search(causal_lm, task, planted_config(steps=1, dev_every=5, confirm_batch=0), progress=False)
+    assert len(calls) == 1 and state.trigger_ids != [state.best_trigger_ids[0]] * 2
