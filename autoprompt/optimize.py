@@ -77,6 +77,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
     try:
         prompt, state = trigger_search(model, task, config, run=run, state=state, progress=progress)
     except KeyboardInterrupt:
+        _save_best_so_far(run, model, task, config)
         run.write_json("result.json", {"state": "interrupted"})
         raise
     except Exception:
@@ -96,6 +97,22 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
                                    "steps": state.step, "search_seconds": round(state.seconds, 1),
                                    "triggers": list(prompt.trigger_tokens), "template": prompt.template})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+
+
+def _save_best_so_far(run: Run, model: LanguageModel, task: Task, config: TriggerSearchConfig) -> None:
+    """On Ctrl-C: the best prompt of the last checkpoint becomes the run's prompt file (dev metrics only)."""
+    if not (run.path / "checkpoint.json").exists():
+        return
+    state = TriggerState(**run.read_json("checkpoint.json"))
+    base = initial_prompt(model, task, config)
+    prompt = base.with_triggers(state.best_trigger_ids, [model.tokenizer.decode([i]) for i in state.best_trigger_ids])
+    save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric,
+                                metrics={"dev": state.best_dev_metrics} if state.best_dev_metrics else {},
+                                search={"method": "trigger", "run": run.name, "steps": state.step, "interrupted": True,
+                                        "seed": config.seed, "config": dataclasses.asdict(config)}),
+                     run.best_prompt_path)
+    log.warning("interrupted at step %d; best prompt so far: %s (resume with --resume %s)",
+                state.step, run.best_prompt_path, run.path)
 
 
 def _final_metrics(model: LanguageModel, prompt: Prompt, task: Task,

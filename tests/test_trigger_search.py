@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import autoprompt
@@ -191,3 +192,24 @@ def test_confirm_batch_rejects_a_winner_by_chance(causal_lm, monkeypatch):
     calls.clear()
     _, state = ts.trigger_search(causal_lm, task, planted_config(steps=1, dev_every=5, confirm_batch=0), progress=False)
     assert len(calls) == 1 and state.trigger_ids != [state.best_trigger_ids[0]] * 2
+
+
+def test_interrupt_keeps_the_best_prompt_so_far(causal_lm, tmp_path: Path, monkeypatch):
+    """Ctrl-C during the search: the run is marked interrupted and its best prompt is written."""
+    task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
+    real_step = ts._step
+
+    def step_then_interrupt(model, prompt, state, *args):
+        if state.step == 2:
+            raise KeyboardInterrupt
+        return real_step(model, prompt, state, *args)
+
+    monkeypatch.setattr(ts, "_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(task, planted_config(steps=5, dev_every=1), causal_lm, runs_dir=tmp_path, progress=False)
+    run = next(tmp_path.iterdir())
+    assert json.loads((run / "result.json").read_text())["state"] == "interrupted"
+    saved = autoprompt.read_prompt_file(run / "best.prompt.json")
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    assert list(saved.prompt.trigger_ids) == checkpoint["best_trigger_ids"] and checkpoint["step"] == 2
+    assert saved.search["interrupted"] is True and set(saved.metrics) == {"dev"}
