@@ -42,10 +42,9 @@ def answer_states(model: LanguageModel, prompt: Prompt, examples: list[Example],
     """The last hidden state at [P] of each example, [n_examples, hidden], fp32."""
     encoded = encode_examples(model, prompt, examples)
     states = torch.zeros(len(encoded), model.hf_model.config.hidden_size)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     with torch.inference_mode():
         for batch in pack_batches([len(e.input_ids) for e in encoded], batch_tokens):
-            ids, mask = pad_right([encoded[i].input_ids for i in batch], pad, model.device)
+            ids, mask = pad_right([encoded[i].input_ids for i in batch], model.pad_id, model.device)
             hidden = model.hidden_states(ids, mask)
             positions = torch.tensor([encoded[i].answer_position for i in batch], device=model.device)
             states[batch] = hidden[torch.arange(len(batch), device=model.device), positions].float().cpu()

@@ -83,6 +83,11 @@ class LanguageModel(ABC):
         return self.kind == "causal"
 
     @property
+    def pad_id(self) -> int:
+        """The id padding uses (masked out, so any id works when the tokenizer has none)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
     def vocab_size(self) -> int:
         return self.hf_model.get_input_embeddings().weight.shape[0]
 

@@ -267,12 +267,11 @@ class _Queries:
         tops = np.zeros(len(seq), dtype=np.int64)
         order = np.argsort(seq, kind="stable")  # queries grouped by sequence
         starts = np.searchsorted(seq[order], np.arange(len(self.sequences) + 1))
-        pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
         with torch.inference_mode():
-            prefix_kv = self.prefix_cache or (PrefixCache(model, self.prefixes, pad_id, batch_tokens) if self.prefixes else None)
+            prefix_kv = self.prefix_cache or (PrefixCache(model, self.prefixes, batch_tokens) if self.prefixes else None)
             for batch in tqdm(self._batches(batch_tokens), desc="scoring", unit="batch", disable=not progress, leave=False):
-                ids, mask = pad_right([self.sequences[s][1] for s in batch], pad_id, model.device)
+                ids, mask = pad_right([self.sequences[s][1] for s in batch], model.pad_id, model.device)
                 row_of_seq[batch] = np.arange(len(batch))
                 q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
                 rows = torch.as_tensor(row_of_seq[seq[q]], device=model.device)
@@ -307,7 +306,7 @@ class _Queries:
 class PrefixCache:
     """KV caches of shared prefixes, computed once, right-padded to one width."""
 
-    def __init__(self, model: LanguageModel, prefixes: list[list[int]], pad_id: int,
+    def __init__(self, model: LanguageModel, prefixes: list[list[int]],
                  batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
         self.model = model
         self.index = {tuple(p): i for i, p in enumerate(prefixes)}
@@ -316,7 +315,7 @@ class PrefixCache:
         self.mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=model.device)
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         for batch in pack_batches([len(p) for p in prefixes], batch_tokens):
-            ids, mask = pad_right([prefixes[i] for i in batch], pad_id, model.device)
+            ids, mask = pad_right([prefixes[i] for i in batch], model.pad_id, model.device)
             kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
             if not self.layers:
                 self.layers = [tuple(torch.zeros((len(prefixes), k.shape[1], width, k.shape[3]), dtype=k.dtype,
@@ -334,9 +333,8 @@ class PrefixCache:
         encoded = encode_examples(model, prompt, examples)
         if not model.is_causal or not encoded or not encoded[0].trigger_positions:
             return None
-        pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
-            return cls(model, [e.input_ids[: e.trigger_positions[0]] for e in encoded], pad)
+            return cls(model, [e.input_ids[: e.trigger_positions[0]] for e in encoded])
 
     def inputs(self, prefix_rows: list[int], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward arguments for continuations of the given prefixes ([batch, len] mask)."""

@@ -142,11 +142,11 @@ def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Exampl
     split = [e.trigger_positions[0] if model.is_causal else 0 for e in encoded]
     if min(split) == 0:
         split = [0] * len(encoded)
-    ids, mask = pad_right([e.input_ids[k:] for e, k in zip(encoded, split, strict=False)], _pad_id(model), model.device)
+    ids, mask = pad_right([e.input_ids[k:] for e, k in zip(encoded, split, strict=False)], model.pad_id, model.device)
     forward = {"attention_mask": mask}
     if split[0]:
         with torch.no_grad():
-            cache = PrefixCache(model, [e.input_ids[:k] for e, k in zip(encoded, split, strict=False)], _pad_id(model), 1 << 16)
+            cache = PrefixCache(model, [e.input_ids[:k] for e, k in zip(encoded, split, strict=False)], 1 << 16)
         forward = cache.inputs(list(range(len(encoded))), mask)
     rows = torch.tensor([r for r, e in enumerate(encoded) for _ in e.trigger_positions], device=model.device)
     cols = torch.tensor([p - k for e, k in zip(encoded, split, strict=False) for p in e.trigger_positions], device=model.device)
@@ -171,10 +171,6 @@ def _answer_loss(model, prompt, examples, log_probs, loss_kind):
     template = render_template(model, prompt)
     first = torch.tensor([model.renderer.answer_ids(e.answer, template)[0] for e in examples], device=log_probs.device)
     return -log_probs.gather(1, first[:, None])[:, 0]
-
-
-def _pad_id(model: LanguageModel) -> int:
-    return model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
 
 
 # --- candidates ----------------------------------------------------------------------------
