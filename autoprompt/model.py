@@ -209,14 +209,32 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+BF16_MIN_PARAMS = 1_000_000_000
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None, n_params: int | None = None) -> torch.dtype:
+    """The asked dtype, else fp32, except bf16 for models of 1B parameters or more on CUDA.
+
+    Small models stay fp32 on CUDA: on an H200, SmolLM2-135M scored SST-2 5.7x faster in fp32
+    than in bf16 (its kernels are too small for bf16 to pay) and 1 point more accurately."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype:
         if dtype not in _DTYPES:
             raise ModelError(f"unknown dtype {dtype!r}; use one of: fp32, bf16, fp16")
         return _DTYPES[dtype]
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda" and n_params is not None and n_params >= BF16_MIN_PARAMS:
+        return torch.bfloat16
+    return torch.float32
+
+
+def estimate_params(config) -> int | None:
+    """Parameters of a transformer from its config (12 L h^2 + V h), without loading it."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    hidden, layers = getattr(text, "hidden_size", None), getattr(text, "num_hidden_layers", None)
+    if not hidden or not layers:
+        return None
+    return 12 * layers * hidden * hidden + (getattr(text, "vocab_size", 0) or 0) * hidden
 
 
 def cache_dir() -> Path:
@@ -232,7 +250,7 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
     """Load a model by built-in alias, GGUF path, local folder or Hugging Face id."""
     name = str(spec)
     torch_device = pick_device(device)
-    torch_dtype = pick_dtype(torch_device, dtype)
+    pick_dtype(torch_device, dtype)  # a bad name fails before anything loads
     started = time.perf_counter()
     if name in BUILTIN_MODELS:
         gguf = BUILTIN_MODELS[name].gguf_path()
@@ -255,19 +273,20 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
         raise ModelError(f"unknown model {name!r}: not a built-in alias ({aliases}), a .gguf file, "
                          "a model folder, or a Hugging Face id (org/name)")
     model = _from_pretrained(folder, name=name, source=source, device=torch_device,
-                             dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, torch_dtype,
+                             dtype=dtype, trust_remote_code=trust_remote_code)
+    log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, model.dtype,
              time.perf_counter() - started)
     return model
 
 
 def _from_pretrained(folder: str | Path, *, name: str, source: str, device: torch.device,
-                     dtype: torch.dtype, trust_remote_code: bool) -> LanguageModel:
+                     dtype: str | torch.dtype | None, trust_remote_code: bool) -> LanguageModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         kind = _model_kind(config)
+        dtype = pick_dtype(device, dtype, estimate_params(config))
         auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
         # eager attention: sdpa's CPU path is slower at the short lengths prompts have
         attn = "eager" if device.type == "cpu" else "sdpa"

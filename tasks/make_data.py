@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = 0
 SST2_TRAIN_SIZE = 3000
 SST2_DEV_SIZE = 500
-SST2_MIN_WORDS = 5
+SST2_MIN_WORDS = 10
 LAMA_DEV_FRACTION = 0.2
 LAMA_RELATIONS = ("P19", "P103")
 
@@ -73,16 +73,20 @@ def build_sst2(source: Path, out: Path) -> None:
         and row["text"] not in dev_texts
         and len(row["text"].split()) >= SST2_MIN_WORDS
     ]
-    sample = random.Random(SEED).sample(pool, SST2_TRAIN_SIZE + SST2_DEV_SIZE)
+    # Class-balanced, like the test set (51% positive): a dev split with GLUE train's 54-57%
+    # positive rewards prompts that lean positive, a gain that does not carry over to test.
+    rng = random.Random(SEED)
+    by_label = {label: [r for r in pool if r["label"] == label] for label in ("negative", "positive")}
+    picked = {label: rng.sample(rows, (SST2_TRAIN_SIZE + SST2_DEV_SIZE) // 2) for label, rows in by_label.items()}
     keep = ("text", "label")
-    write_jsonl(
-        out / "sst2/train.jsonl",
-        [{k: r[k] for k in keep} for r in sample[:SST2_TRAIN_SIZE]],
-    )
-    write_jsonl(
-        out / "sst2/dev.jsonl",
-        [{k: r[k] for k in keep} for r in sample[SST2_TRAIN_SIZE:]],
-    )
+
+    def split(start: int, stop: int) -> list[dict]:
+        rows = [r for label in sorted(picked) for r in picked[label][start:stop]]
+        rng.shuffle(rows)
+        return [{k: r[k] for k in keep} for r in rows]
+
+    write_jsonl(out / "sst2/train.jsonl", split(0, SST2_TRAIN_SIZE // 2))
+    write_jsonl(out / "sst2/dev.jsonl", split(SST2_TRAIN_SIZE // 2, (SST2_TRAIN_SIZE + SST2_DEV_SIZE) // 2))
     write_jsonl(out / "sst2/test.jsonl", [{k: r[k] for k in keep} for r in glue_dev])
 
 
@@ -141,10 +145,10 @@ bytes. Every file is JSONL, UTF-8, one object per line. Do not edit these files 
 
 - `test.jsonl`: the GLUE SST-2 dev set (872 sentences), unchanged. The labelled SST-2 test set
   is not shipped, so the GLUE dev set serves as our test set.
-- `train.jsonl` ({train} rows) and `dev.jsonl` ({dev} rows): one seeded sample
-  (`random.Random({seed})`) of GLUE SST-2 train rows, split into two disjoint parts. GLUE train
-  holds whole sentences and sub-sentence phrases from the SST parse trees; only rows with at least
-  {min_words} words were sampled, and texts that occur more than once in GLUE train were dropped,
+- `train.jsonl` ({train} rows) and `dev.jsonl` ({dev} rows): one seeded, class-balanced sample
+  (`random.Random({seed})`, half negative, half positive) of GLUE SST-2 train rows, split into two
+  disjoint parts. GLUE train holds whole sentences and sub-sentence phrases from the SST parse
+  trees; only rows with at least {min_words} words were sampled (mean length 18 words; test: 19.5), and texts that occur more than once in GLUE train were dropped,
   so no text is in two splits. Text is lowercased and PTB-tokenized, as in GLUE (`it 's`).
 - Source: GLUE SST-2 (`train_full.tsv`, `dev.tsv`) from `eyalbd2/Reproducing-AutoPrompt` at
   commit `6288fb5b`; trailing spaces stripped, labels 0/1 named negative/positive.

@@ -11,7 +11,7 @@ import torch
 
 from autoprompt import Prompt, evaluate, load_model, load_task
 from autoprompt.errors import ModelError
-from autoprompt.model import CausalLM, MaskedLM, pick_dtype, tokenizer_fingerprint
+from autoprompt.model import CausalLM, MaskedLM, estimate_params, pick_dtype, tokenizer_fingerprint
 
 
 def test_load_detects_causal(tiny_causal_dir: Path) -> None:
@@ -82,7 +82,10 @@ def test_tokenizer_fingerprint(tiny_causal_dir: Path, tiny_masked_dir: Path, bpe
 
 def test_pick_dtype() -> None:
     assert pick_dtype(torch.device("cpu")) == torch.float32
-    assert pick_dtype(torch.device("cuda")) == torch.bfloat16
+    assert pick_dtype(torch.device("cuda")) == torch.float32  # size unknown: the safe choice
+    assert pick_dtype(torch.device("cuda"), n_params=135_000_000) == torch.float32
+    assert pick_dtype(torch.device("cuda"), n_params=7_000_000_000) == torch.bfloat16
+    assert pick_dtype(torch.device("cpu"), n_params=7_000_000_000) == torch.float32
     assert pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
     assert pick_dtype(torch.device("cuda"), "fp32") == torch.float32
     assert pick_dtype(torch.device("cpu"), torch.float16) == torch.float16
@@ -98,3 +101,12 @@ def test_real_model_sst2_zero_shot(require_real_model: None) -> None:
     task = load_task("sst2")
     result = evaluate(lm, Prompt.from_task(task), task.examples("test")[:64])
     assert result.metrics["accuracy"] > 0.65
+
+
+def test_estimate_params_of_a_config() -> None:
+    from transformers import LlamaConfig
+
+    # SmolLM2-135M's shape: 30 layers, hidden 576, vocab 49152 -> about 135M parameters
+    config = LlamaConfig(hidden_size=576, num_hidden_layers=30, vocab_size=49152, intermediate_size=1536)
+    assert 100e6 < estimate_params(config) < 180e6
+    assert estimate_params(object()) is None
