@@ -6,6 +6,7 @@ metrics take ``--json`` and then print exactly one JSON object on stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -65,7 +66,7 @@ def main(verbose: int, quiet: bool) -> None:
 
 def _model_options(f):
     f = click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-                     help="Weights' dtype (default: bf16 on CUDA, fp32 on CPU).")(f)
+                     help="Weights' dtype (default: fp32; bf16 on CUDA for models of 1B+ parameters).")(f)
     f = click.option("--device", default=None, help="cuda, mps or cpu (default: the best there is).")(f)
     f = click.option("--trust-remote-code", is_flag=True, help="Run a hub model's own code (off by default).")(f)
     return f
@@ -176,8 +177,9 @@ def _config_options(cls):
 
 @main.command()
 @click.argument("task")
-@click.option("--method", type=click.Choice(["trigger"]), default="trigger", show_default=True,
-              help="Search method (template and hybrid come with the template search).")
+@click.option("--method", type=click.Choice(["trigger", "template", "hybrid"]), default="trigger", show_default=True,
+              help="trigger: gradient-guided trigger tokens; template: Optuna search over a --space; "
+                   "hybrid: template search, then triggers inside the winner.")
 @click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue this run folder.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
@@ -185,6 +187,7 @@ def _config_options(cls):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_model_options
 @_config_options(__import__("autoprompt.trigger_search", fromlist=["TriggerSearchConfig"]).TriggerSearchConfig)
+@_config_options(__import__("autoprompt.template_search", fromlist=["TemplateSearchConfig"]).TemplateSearchConfig)
 def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, search_labels: bool,
              as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool, **settings) -> None:
     """Search for a better prompt for TASK and save it in a run folder."""
@@ -192,17 +195,29 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
     from autoprompt.optimize import optimize as run_optimize
     from autoprompt.runs import Run
     from autoprompt.task import load_task
+    from autoprompt.template_search import TemplateSearchConfig
     from autoprompt.trigger_search import TriggerSearchConfig
 
     the_task = load_task(task)
     if resume is not None:
-        model = model or Run.open(resume).config().get("model")
-    config = TriggerSearchConfig(**{k: v for k, v in settings.items() if v is not None})
+        saved = Run.open(resume).config()
+        model = model or saved.get("model")
+        method = saved.get("method", method)
+    given = {k: v for k, v in settings.items() if v is not None}
+    template_names = {f.name for f in dataclasses.fields(TemplateSearchConfig)}
+    config = TriggerSearchConfig(**{k: v for k, v in given.items() if k not in template_names})
+    template_config = TemplateSearchConfig(**{k: v for k, v in given.items() if k in template_names})
+    if method in ("template", "hybrid") and resume is None:
+        from autoprompt.space import load_space
+
+        load_space(template_config.space).for_task(the_task)  # a bad space fails before the model loads
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     result = run_optimize(the_task, config, lm, runs_dir=runs_dir, resume=resume, search_labels=search_labels,
-                          progress=True)
+                          progress=True, method=method, template_config=template_config)
     report = {"task": the_task.name, "method": method, "model": lm.name, "run": str(result.run_dir),
               "prompt_file": str(result.prompt_file), "template": result.prompt.template,
+              "instruction": result.prompt.instruction, "demonstrations": len(result.prompt.demonstrations),
+              "chat": result.prompt.chat, "calibrated": bool(result.prompt.calibration),
               "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
               "metrics": result.metrics,
               "baseline": result.baseline, "seconds": round(result.seconds, 1)}
@@ -210,7 +225,14 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
         click.echo(json.dumps(report))
         return
     metric = the_task.metric
-    click.echo(f"triggers: {list(result.prompt.trigger_tokens)}")
+    if method != "trigger":
+        p = result.prompt
+        click.echo(f"template: {p.template!r}  instruction: {p.instruction!r}  demonstrations: {len(p.demonstrations)}"
+                   f"  chat: {p.chat}  calibrated: {bool(p.calibration)}")
+        if p.verbalizer:
+            click.echo(f"verbalizer: {p.verbalizer}")
+    if result.prompt.trigger_tokens:
+        click.echo(f"triggers: {list(result.prompt.trigger_tokens)}")
     for split in result.metrics:
         click.echo(f"  {split:>5} {metric}: {result.metrics[split][metric]:.4f}  "
                    f"(manual template: {result.baseline[split][metric]:.4f})")
@@ -326,6 +348,27 @@ def models(as_json: bool) -> None:
         if not row["installed"]:
             click.echo(f"{'':<16} install: {row['install']}")
     click.echo(f"cache: {cache_dir()}  (also: any Hugging Face model folder, hub id or .gguf file)")
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+def dashboard(run: str, host: str, port: int) -> None:
+    """Open optuna-dashboard on the study of a template or hybrid RUN."""
+    from autoprompt.runs import Run
+    from autoprompt.template_search import open_storage, study_storage
+
+    config = Run.open(run).config()
+    if config.get("method") not in ("template", "hybrid"):
+        raise AutoPromptError(f"{run}: a {config.get('method')} run has no Optuna study (template and hybrid runs do)")
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise AutoPromptError("the dashboard needs optuna-dashboard: pip install 'autoprompt[dashboard]'") from None
+    url = study_storage(Run.open(run))
+    click.echo(f"study storage: {url}; dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    run_server(open_storage(url), host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from autoprompt.prompt_file import PromptFile, save_prompt_file
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
 from autoprompt.scoring import evaluate
 from autoprompt.task import Task
+from autoprompt.template_search import TemplateSearchConfig, build_prompt, study_storage, template_search
 from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, initial_prompt, trigger_search
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,21 @@ class SearchResult:
 
 
 def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
-             resume: str | os.PathLike | None = None, search_labels: bool = False, progress: bool = True) -> SearchResult:
-    """Run a trigger search on a task in a new run folder (or continue ``resume``).
+             resume: str | os.PathLike | None = None, search_labels: bool = False, progress: bool = True,
+             method: str = "trigger", template_config: TemplateSearchConfig | None = None) -> SearchResult:
+    """Run a search on a task in a new run folder (or continue ``resume``).
 
+    ``method``: trigger (gradient-guided triggers in the task's template), template (Optuna
+    search of template_config.space) or hybrid (template search, then triggers inside the winner).
     ``search_labels``: first propose label words (label_search) and search with the best one
     per label; the baseline stays the task's own prompt."""
+    if resume is not None:
+        method = Run.open(resume).config().get("method", "trigger")
+    if method in ("template", "hybrid"):
+        return _optimize_template(task, config, template_config or TemplateSearchConfig(), model, runs_dir=runs_dir,
+                                  resume=resume, progress=progress, hybrid=method == "hybrid")
+    if method != "trigger":
+        raise AutoPromptError(f"unknown method {method!r}; use trigger, template or hybrid")
     started = time.perf_counter()
     manual_task = task
     if resume is not None:
@@ -97,6 +108,112 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
                                    "steps": state.step, "search_seconds": round(state.seconds, 1),
                                    "triggers": list(prompt.trigger_tokens), "template": prompt.template})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+
+
+def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: TemplateSearchConfig, model: LanguageModel, *,
+                       runs_dir, resume, progress: bool, hybrid: bool) -> SearchResult:
+    """The template search (and, for the hybrid, the trigger search inside its winner)."""
+    from autoprompt.scoring import content_free_calibration
+    from autoprompt.space import Choice, load_space
+    from autoprompt.template_search import with_manual_choices
+
+    started = time.perf_counter()
+    method = "hybrid" if hybrid else "template"
+    if resume is not None:
+        run = Run.open(resume)
+        saved = run.config()
+        if saved.get("task") != task.name or saved.get("model") != model.name:
+            raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
+                                  f"not {task.name} on {model.name}")
+        config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
+        tconfig = TemplateSearchConfig(**_known(TemplateSearchConfig, saved["template_search"]))
+    else:
+        load_space(tconfig.space).for_task(task)  # a bad space fails before a run folder exists
+        run = Run.create(task.name, method, {
+            "method": method, "task": task.name, "task_source": task.source, "model": model.name,
+            "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
+            "template_search": dataclasses.asdict(tconfig), "trigger": dataclasses.asdict(config),
+        }, runs_dir=runs_dir)
+    log.info("run folder: %s", run.path)
+    storage = study_storage(run)
+    run.write_json("result.json", {"state": "running"})
+    try:
+        if resume is not None and (run.path / "template_winner.json").exists():
+            saved_winner = run.read_json("template_winner.json")
+
+            space = with_manual_choices(load_space(tconfig.space).for_task(task), task)
+            choice = Choice(**saved_winner["choice"])
+            tpl = {"prompt": build_prompt(model, task, space, choice, seed=config.seed), "choice": choice,
+                   "dev": saved_winner["dev"], "trials": saved_winner["trials"], "space": space}
+        else:
+            result = template_search(model, task, tconfig, seed=config.seed, time_budget=config.time_budget, run=run,
+                                     storage_url=storage, study_name=_study_name(tconfig, task, run),
+                                     resume=resume is not None, progress=progress)
+            tpl = {"prompt": result.prompt, "choice": result.choice, "dev": result.dev, "trials": result.trials,
+                   "space": result.space}
+            run.write_json("template_winner.json", {"choice": dataclasses.asdict(result.choice), "dev": result.dev,
+                                                    "trials": result.trials})
+        prompt, dev_metrics, stage = tpl["prompt"], tpl["dev"], "template"
+        steps = None
+        if hybrid:
+            n = max(tpl["space"].triggers) or config.n_triggers
+            base = build_prompt(model, task, tpl["space"], tpl["choice"], seed=config.seed, n_triggers=n)
+            state = None
+            if resume is not None and (run.path / "checkpoint.json").exists():
+                state = TriggerState(**run.read_json("checkpoint.json"))
+            found, state = trigger_search(model, task, config, run=_Stage(run, "trigger"), state=state,
+                                          progress=progress, base=base)
+            steps = state.step
+            if tpl["choice"].calibration == "contextual":
+                found = dataclasses.replace(found, calibration=content_free_calibration(model, found))
+            found_dev = evaluate(model, found, task.examples("dev"), metric=task.metric).metrics
+            run.log({"stage": "choice", "template_dev": dev_metrics[task.metric], "hybrid_dev": found_dev[task.metric]})
+            if found_dev[task.metric] > dev_metrics[task.metric]:
+                prompt, dev_metrics, stage = found, found_dev, "hybrid"
+    except KeyboardInterrupt:
+        run.write_json("result.json", {"state": "interrupted"})
+        log.warning("interrupted; continue with --resume %s", run.path)
+        raise
+    except Exception:
+        run.write_json("result.json", {"state": "failed"})
+        raise
+    metrics = _final_metrics(model, prompt, task, {"dev": dev_metrics})
+    baseline = _final_metrics(model, Prompt.from_task(task), task)
+    search = {"method": method, "run": run.name, "seed": config.seed, "winner": stage,
+              "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
+              "config": {"template_search": dataclasses.asdict(tconfig),
+                         **({"trigger": dataclasses.asdict(config)} if hybrid else {})}}
+    if steps is not None:
+        search["steps"] = steps
+    prompt_file = save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
+                                              search=search), run.best_prompt_path)
+    seconds = time.perf_counter() - started
+    run.write_json("result.json", {"state": "finished", "metrics": metrics, "baseline": baseline, "winner": stage,
+                                   "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
+                                   "template": prompt.template, "instruction": prompt.instruction,
+                                   "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
+    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+
+
+def _study_name(tconfig: TemplateSearchConfig, task: Task, run: Run) -> str:
+    """--study-name; else, on a shared storage, one name every worker of the task agrees on;
+    else the run folder's name (its own study.db)."""
+    if tconfig.study_name:
+        return tconfig.study_name
+    return f"{task.name}-template" if tconfig.storage else run.name
+
+
+class _Stage:
+    """A run whose log lines carry the stage they belong to (the hybrid logs two)."""
+
+    def __init__(self, run: Run, stage: str) -> None:
+        self.run, self.stage = run, stage
+
+    def log(self, event: dict[str, Any]) -> None:
+        self.run.log({"stage": self.stage, **event})
+
+    def write_json(self, name: str, data: Any):
+        return self.run.write_json(name, data)
 
 
 def _save_best_so_far(run: Run, model: LanguageModel, task: Task, config: TriggerSearchConfig) -> None:

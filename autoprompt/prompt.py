@@ -37,6 +37,9 @@ class Prompt:
     instruction: str = ""
     demonstrations: tuple[Example, ...] = ()
     chat: bool = False
+    # contextual calibration (Zhao et al. 2021): each label's log-prob, normalised over the
+    # labels, for a content-free input; subtracted from every input's before the argmax
+    calibration: tuple[float, ...] = ()
     model: ModelRef | None = None
     fields: tuple[str, ...] = field(default=())  # the input fields it expects
 
@@ -44,6 +47,8 @@ class Prompt:
         parse_template(self.template)
         if len(self.trigger_ids) != len(self.trigger_tokens):
             raise TemplateError("a prompt needs one text per trigger id")
+        if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
+            raise TemplateError("calibration needs one value per label")
 
     @classmethod
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ SUFFIX = ".prompt.json"
 MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "verbalizer", "triggers", "chat", "model", "metrics", "search"}
+             "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search"}
 _REQUIRED = {"format", "template", "model", "task"}
 
 
@@ -53,6 +54,7 @@ def to_json(pf: PromptFile) -> dict[str, Any]:
         "verbalizer": p.verbalizer,
         "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
         "chat": p.chat,
+        "calibration": list(p.calibration),
         "model": {"name": p.model.name, "source": p.model.source, "kind": p.model.kind,
                   "tokenizer_fingerprint": p.model.tokenizer_fingerprint},
         "metrics": pf.metrics,
@@ -130,6 +132,11 @@ def from_json(data: Any) -> PromptFile:
                and all(isinstance(v, str) for v in d["fields"].values()) and isinstance(d.get("answer"), str),
                "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
         demos.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
+    calibration = _typed(data.get("calibration", []), list, "calibration")
+    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in calibration),
+           "calibration must be a list of finite numbers")
+    _check(not calibration or len(calibration) == len(verbalizer or {}),
+           f"calibration has {len(calibration)} values but the verbalizer {len(verbalizer or {})} labels")
     metrics = _typed(data.get("metrics", {}), dict, "metrics")
     for split, values in metrics.items():
         _check(isinstance(values, dict) and all(isinstance(v, (int, float)) for v in values.values()),
@@ -142,6 +149,7 @@ def from_json(data: Any) -> PromptFile:
         instruction=_typed(data.get("instruction", ""), str, "instruction"),
         demonstrations=tuple(demos),
         chat=_typed(data.get("chat", False), bool, "chat"),
+        calibration=tuple(float(v) for v in calibration),
         model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),
         fields=tuple(fields),
     )

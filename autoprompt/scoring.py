@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 4096
 MAX_ROWS = 256  # rows per batch: bounds the copied prefix KV cache
+COMMON_PREFIX_MIN = 8  # a prefix all sequences share is computed once from this many tokens on
 
 
 @dataclass
@@ -96,7 +97,35 @@ def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], 
     scores = np.full((len(encoded), len(words)), -np.inf)
     for label in range(len(words)):
         scores[:, label] = _logsumexp(word_log_probs[:, word_label == label])
+    if prompt.calibration:
+        scores = calibrate(scores, prompt.calibration)
     return scores if candidates is None else scores.reshape(len(candidates), len(examples), len(words))
+
+
+def calibrate(scores: np.ndarray, calibration: tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """Contextual calibration: label log-probs renormalised over the labels, the content-free
+    input's subtracted, renormalised again. [n, labels] -> [n, labels]."""
+    return _log_normalize(_log_normalize(scores) - np.asarray(calibration)[None, :])
+
+
+CONTENT_FREE = ("N/A", "")
+
+
+def content_free_calibration(model: LanguageModel, prompt: Prompt) -> tuple[float, ...]:
+    """The calibration of a classification prompt: the mean label distribution it gives
+    content-free inputs (every field "N/A", then every field empty), as log-probs."""
+    from dataclasses import replace
+
+    from autoprompt.task import Example
+
+    raw = replace(prompt, calibration=())
+    examples = [Example({f: text for f in prompt.fields}, None, f"content-free {text!r}") for text in CONTENT_FREE]
+    probs = np.exp(_log_normalize(score_labels(model, raw, examples))).mean(axis=0)
+    return tuple(float(v) for v in np.log(probs))
+
+
+def _log_normalize(scores: np.ndarray) -> np.ndarray:
+    return scores - _logsumexp(scores)[:, None]
 
 
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
@@ -259,8 +288,29 @@ class _Queries:
             self.out.append(out_index)
             self.is_first.append(k == 0)
 
+    def share_common_prefix(self, min_length: int = COMMON_PREFIX_MIN) -> int:
+        """When every sequence starts with the same tokens (an instruction, demonstrations),
+        make them one prefix whose KV cache is computed once. Returns its length (0: none)."""
+        if self.prefix_cache is not None or self.prefixes or len(self.sequences) < 2 or not self.pos:
+            return 0
+        first = self.sequences[0][1]
+        length = min(min(len(ids) for _, ids in self.sequences), min(self.pos))  # queries stay after it
+        for _, ids in self.sequences[1:]:
+            n = 0
+            while n < length and ids[n] == first[n]:
+                n += 1
+            length = n
+            if length < min_length:
+                return 0
+        self.prefixes = [list(first[:length])]
+        self.sequences = [(0, ids[length:]) for _, ids in self.sequences]
+        self.pos = [p - length for p in self.pos]
+        return length
+
     def run(self, model: LanguageModel, batch_tokens: int, progress: bool) -> np.ndarray:
         """Sum of answer-token log-probs per out_index; fills first_rank/first_top if asked."""
+        if model.is_causal:  # a masked LM's prefix attends to what follows it: nothing to share
+            self.share_common_prefix()
         seq, pos, token = (np.asarray(a, dtype=np.int64) for a in (self.seq, self.pos, self.token))
         token_log_probs = np.zeros(len(seq))
         ranks = np.zeros(len(seq), dtype=np.int64)

@@ -8,6 +8,7 @@ steps the current prompt is scored on dev; the prompt with the best dev metric w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -54,13 +55,13 @@ class TriggerSearchConfig:
     steps: int = _opt(30, "Search steps at most.")
     mode: str = _opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
                      choices=("autoprompt", "gcg"))
-    top_k: int = _opt(32, "Candidate tokens per slot, from -grad . E.")
+    top_k: int = _opt(16, "Candidate tokens per slot, from -grad . E.")
     n_candidates: int = _opt(32, "Candidates scored per step in gcg mode (autoprompt mode scores top_k).")
     loss: str = _opt("labels", "vocab: log-prob of the gold label over the vocabulary (AutoPrompt); "
                      "labels: log-softmax over the label set.", choices=("vocab", "labels"))
     grad_batch: int = _opt(32, "Train examples per gradient batch.")
     grad_accumulation: int = _opt(1, "Gradient batches accumulated per step.")
-    eval_batch: int = _opt(16, "Train examples each candidate is scored on (fewer: noisier choices).")
+    eval_batch: int = _opt(32, "Train examples each candidate is scored on (fewer: noisier choices).")
     confirm_batch: int = _opt(32, "Fresh train examples the best candidate must also beat the current prompt on "
                               "before it is kept (0: keep it on the evaluation batch alone).", min=0)
     dev_every: int = _opt(5, "Score the current prompt on dev every N steps.")
@@ -206,27 +207,33 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
 
 # --- the search ----------------------------------------------------------------------------
 
-def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig) -> Prompt:
-    """The prompt the search starts from, checked on one example of each split."""
-    template = with_trigger_slots(cfg.template or task.template, cfg.n_triggers)
+def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, base: Prompt | None = None) -> Prompt:
+    """The prompt the search starts from, checked on one example of each split. ``base``: search
+    inside this prompt (its instruction, demonstrations, verbalizer and chat; the hybrid)."""
+    template = base.template if base is not None else with_trigger_slots(cfg.template or task.template, cfg.n_triggers)
     n_slots = count_triggers(template)
     if n_slots == 0:
         raise AutoPromptError(f"{task.name}: the template has no [T] slots and n_triggers is 0")
     init = model.tokenizer(cfg.init_token, add_special_tokens=False)["input_ids"]
     if len(init) != 1:
         raise AutoPromptError(f"init_token {cfg.init_token!r} is {len(init)} tokens; it must be one")
-    prompt = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
+    if base is not None:
+        prompt = dataclasses.replace(base, model=model.ref, calibration=())
+    else:
+        prompt = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
     prompt = prompt.with_triggers(init * n_slots, [cfg.init_token] * n_slots)
     encode_examples(model, prompt, [task.examples(split)[0] for split in task.splits])
     return prompt
 
 
 def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *, run=None,
-                   state: TriggerState | None = None, progress: bool = True) -> tuple[Prompt, TriggerState]:
-    """Run the search (or continue it from ``state``); returns the best prompt and the final state."""
+                   state: TriggerState | None = None, progress: bool = True,
+                   base: Prompt | None = None) -> tuple[Prompt, TriggerState]:
+    """Run the search (or continue it from ``state``); returns the best prompt and the final state.
+    ``base``: a prompt with [T] slots to search inside (default: the task's template)."""
     from tqdm.auto import tqdm
 
-    base = initial_prompt(model, task, cfg)
+    base = initial_prompt(model, task, cfg, base)
     state = state or TriggerState(trigger_ids=list(base.trigger_ids), best_trigger_ids=list(base.trigger_ids))
     rng = random.Random(cfg.seed)
     if state.rng_state is not None:

@@ -1,0 +1,255 @@
+"""Template search spaces: what the Optuna search may choose, from a YAML file or Python.
+
+    instruction: ["", "Is this review positive or negative?"]
+    layout: ["{instruction}\\n{demos}\\n\\nReview: {text}\\nSentiment:[P]", ...]
+    verbalizer: [{negative: [negative], positive: [positive]}, ...]
+    demonstrations: {k: [0, 2, 4], selection: [random, balanced], order: [shuffled, by_label]}
+    chat: [false, true]
+    calibration: [none, contextual]
+    triggers: [0, 5]
+
+Every dimension is optional (a missing one keeps the task's own choice) and every list must
+be non-empty. A layout may hold one [T]: where the hybrid puts its trigger slots.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprompt.errors import TemplateError
+from autoprompt.prompt import Prompt, remove_triggers
+from autoprompt.template import RESERVED_FIELDS, parse_template, template_fields
+
+if TYPE_CHECKING:
+    from autoprompt.task import Example, Task
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search"
+DIMENSIONS = ("instruction", "layout", "verbalizer", "demonstrations", "chat", "calibration", "triggers")
+DEMO_KEYS = ("k", "selection", "order")
+SELECTIONS = ("random", "balanced")
+ORDERS = ("shuffled", "by_label")
+CALIBRATIONS = ("none", "contextual")
+
+
+class SpaceError(TemplateError):
+    """A search space that cannot be used (exit code 2 on the command line)."""
+
+
+@dataclass
+class SearchSpace:
+    """The choices of a template search; ``None`` dimensions take the task's own value."""
+
+    instruction: list[str] = field(default_factory=lambda: [""])
+    layout: list[str] | None = None
+    verbalizer: list[dict[str, list[str]]] | None = None
+    k: list[int] = field(default_factory=lambda: [0])
+    selection: list[str] = field(default_factory=lambda: ["balanced"])
+    order: list[str] = field(default_factory=lambda: ["shuffled"])
+    chat: list[bool] = field(default_factory=lambda: [False])
+    calibration: list[str] = field(default_factory=lambda: ["none"])
+    triggers: list[int] = field(default_factory=lambda: [0])
+    source: str = "<python>"
+
+    def for_task(self, task: Task) -> SearchSpace:
+        """The space with the task's own template and verbalizer filled in, checked against it."""
+        space = SearchSpace(**{**self.__dict__})
+        space.layout = list(self.layout) if self.layout else [task.template]
+        space.verbalizer = list(self.verbalizer) if self.verbalizer else [dict(task.verbalizer or {})]
+        space.check(task)
+        return space
+
+    def check(self, task: Task) -> None:
+        where = self.source
+        for name in ("instruction", "layout", "verbalizer", "k", "selection", "order", "chat", "calibration", "triggers"):
+            values = getattr(self, name)
+            if values is not None and len(values) == 0:
+                raise SpaceError(f"{where}: {name} is an empty list; give at least one choice")
+        for layout in self.layout or []:
+            _check_layout(layout, task, where)
+        labels = sorted(task.verbalizer or {})
+        for n, verbalizer in enumerate(self.verbalizer or []):
+            if not labels:
+                raise SpaceError(f"{where}: verbalizer given, but task {task.name} has free-form answers")
+            if sorted(verbalizer) != labels:
+                raise SpaceError(f"{where}: verbalizer {n + 1} has labels {sorted(verbalizer)}; "
+                                 f"task {task.name} has {labels}")
+        for k in self.k:
+            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+                raise SpaceError(f"{where}: demonstrations.k must be integers >= 0, not {k!r}")
+        for t in self.triggers:
+            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+                raise SpaceError(f"{where}: triggers must be integers >= 0, not {t!r}")
+        _check_choices(where, "demonstrations.selection", self.selection, SELECTIONS)
+        _check_choices(where, "demonstrations.order", self.order, ORDERS)
+        _check_choices(where, "calibration", self.calibration, CALIBRATIONS)
+        if not all(isinstance(c, bool) for c in self.chat):
+            raise SpaceError(f"{where}: chat must be a list of true/false")
+        if "contextual" in self.calibration and not task.verbalizer:
+            raise SpaceError(f"{where}: contextual calibration needs a classification task")
+
+    def size(self) -> int:
+        n = 1
+        for values in (self.instruction, self.layout, self.verbalizer, self.k, self.selection, self.order,
+                       self.chat, self.calibration):
+            n *= len(values or [None])
+        return n
+
+
+def _check_choices(where: str, name: str, values: list[Any], allowed: tuple[str, ...]) -> None:
+    for value in values:
+        if value not in allowed:
+            raise SpaceError(f"{where}: {name} {value!r} is not one of: {', '.join(allowed)}")
+
+
+def _check_layout(layout: Any, task: Task, where: str) -> None:
+    if not isinstance(layout, str):
+        raise SpaceError(f"{where}: each layout must be a string, not {type(layout).__name__}")
+    try:
+        parse_template(layout)
+    except TemplateError as exc:
+        raise SpaceError(f"{where}: layout {layout!r}: {exc}") from None
+    if layout.count("[P]") != 1:
+        raise SpaceError(f"{where}: layout {layout!r} needs exactly one [P] (the answer slot)")
+    if layout.count("[T]") > 1:
+        raise SpaceError(f"{where}: layout {layout!r} has several [T]; mark the trigger place with one")
+    unknown = [f for f in template_fields(layout) if f not in task.fields and f not in RESERVED_FIELDS]
+    if unknown:
+        raise SpaceError(f"{where}: layout {layout!r} uses {', '.join(unknown)}, which task {task.name} lacks "
+                         f"(its fields: {', '.join(task.fields)})")
+    missing = [f for f in task.fields if f not in template_fields(layout)]
+    if missing:
+        raise SpaceError(f"{where}: layout {layout!r} leaves out the task's field(s) {', '.join(missing)}")
+
+
+def load_space(spec: str | os.PathLike) -> SearchSpace:
+    """A space from a YAML file, or by name from search/ (``sentiment`` -> search/sentiment.yaml)."""
+    import yaml
+
+    path = Path(spec)
+    if not path.exists() and not str(spec).endswith((".yaml", ".yml")) and (SPACES_DIR / f"{spec}.yaml").exists():
+        path = SPACES_DIR / f"{spec}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))) if SPACES_DIR.is_dir() else "none"
+        raise SpaceError(f"{spec}: no such search space file (built-in spaces: {names})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise SpaceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"{path}: not UTF-8 text") from None
+    return space_from_dict(data if data is not None else {}, source=str(path))
+
+
+def space_from_dict(data: Any, *, source: str = "<dict>") -> SearchSpace:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: a search space is a mapping of dimensions ({', '.join(DIMENSIONS)})")
+    unknown = sorted(set(map(str, data)) - set(DIMENSIONS))
+    if unknown:
+        raise SpaceError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(DIMENSIONS)}")
+    space = SearchSpace(source=source)
+    for name in ("instruction", "layout", "verbalizer", "chat", "calibration", "triggers"):
+        if name in data:
+            setattr(space, name, _as_list(data[name], name, source))
+    if "instruction" in data and not all(isinstance(i, str) for i in space.instruction):
+        raise SpaceError(f"{source}: each instruction must be a string (use \"\" for none)")
+    for n, verbalizer in enumerate(space.verbalizer or []):
+        if not isinstance(verbalizer, dict) or len(verbalizer) < 2:
+            raise SpaceError(f"{source}: verbalizer {n + 1} must map at least two labels to words")
+        space.verbalizer[n] = {str(label): _words(words, label, source) for label, words in verbalizer.items()}
+    demos = data.get("demonstrations")
+    if demos is not None:
+        if not isinstance(demos, dict):
+            raise SpaceError(f"{source}: demonstrations must be a mapping with {', '.join(DEMO_KEYS)}")
+        unknown = sorted(set(map(str, demos)) - set(DEMO_KEYS))
+        if unknown:
+            raise SpaceError(f"{source}: unknown demonstrations key(s) {', '.join(unknown)}; known: {', '.join(DEMO_KEYS)}")
+        for name in DEMO_KEYS:
+            if name in demos:
+                setattr(space, name, _as_list(demos[name], f"demonstrations.{name}", source))
+    return space
+
+
+def _as_list(value: Any, name: str, source: str) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise SpaceError(f"{source}: {name} is an empty list; give at least one choice")
+    return values
+
+
+def _words(words: Any, label: Any, source: str) -> list[str]:
+    words = words if isinstance(words, list) else [words]
+    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise SpaceError(f"{source}: label {label!r} needs one or more non-empty words")
+    return list(words)
+
+
+# --- a choice of every dimension -> a Prompt ------------------------------------------------
+
+@dataclass(frozen=True)
+class Choice:
+    """One point of the space, as indices and values (what an Optuna trial holds)."""
+
+    instruction: int = 0
+    layout: int = 0
+    verbalizer: int = 0
+    k: int = 0
+    selection: str = "balanced"
+    order: str = "shuffled"
+    chat: bool = False
+    calibration: str = "none"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], space: SearchSpace) -> Choice:
+        fixed = {"instruction": 0, "layout": 0, "verbalizer": 0, "k": space.k[0], "selection": space.selection[0],
+                 "order": space.order[0], "chat": space.chat[0], "calibration": space.calibration[0]}
+        return cls(**{**fixed, **params})
+
+
+def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_triggers: int = 0) -> Prompt:
+    """The prompt a choice stands for (calibration not yet measured: it needs the model)."""
+    layout = space.layout[choice.layout]
+    if not n_triggers:
+        layout = remove_triggers(layout)
+    elif "[T]" in layout:
+        layout = layout.replace("[T]", " ".join(["[T]"] * n_triggers))
+    else:
+        from autoprompt.trigger_search import with_trigger_slots
+
+        layout = with_trigger_slots(layout, n_triggers)
+    demos = pick_demonstrations(task.examples("train"), choice.k, choice.selection, choice.order,
+                                labels=list(task.verbalizer or {}), seed=seed) if choice.k else ()
+    return Prompt(template=layout, verbalizer=space.verbalizer[choice.verbalizer] if task.verbalizer else None,
+                  instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), chat=choice.chat,
+                  fields=tuple(task.fields))
+
+
+def pick_demonstrations(train: list[Example], k: int, selection: str, order: str, *, labels: list[str],
+                        seed: int) -> list[Example]:
+    """k demonstrations from the train split: ``random``, or ``balanced`` (labels in turn);
+    ``shuffled`` order, or ``by_label`` (grouped by label). Same arguments, same demos."""
+    rng = random.Random(f"{seed}-{k}-{selection}")
+    if selection == "balanced" and labels:
+        pools = {label: [e for e in train if e.answer == label] for label in labels}
+        for pool in pools.values():
+            rng.shuffle(pool)
+        demos, i = [], 0
+        while len(demos) < min(k, len(train)):
+            pool = pools[labels[i % len(labels)]]
+            if pool:
+                demos.append(pool.pop())
+            i += 1
+            if not any(pools.values()):
+                break
+    else:
+        demos = rng.sample(train, min(k, len(train)))
+    if order == "by_label" and labels:
+        demos.sort(key=lambda e: labels.index(e.answer) if e.answer in labels else len(labels))
+    else:
+        random.Random(f"{seed}-{k}-{selection}-order").shuffle(demos)
+    return demos

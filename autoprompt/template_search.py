@@ -1,0 +1,359 @@
+"""Optuna template search: instruction, layout, verbalizer, demonstrations, chat, calibration.
+
+Each trial is one point of a search space (autoprompt.space) scored on dev in chunks, so
+Optuna's pruner can stop a bad one early. The task's manual prompt is the first trial. The
+study lives in an Optuna storage (sqlite in the run folder by default, or any URL several
+workers share); the budget is the study's, not a worker's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.prompt import Prompt, remove_triggers
+from autoprompt.scoring import (
+    accuracy,
+    content_free_calibration,
+    evaluate,
+    macro_f1,
+    mrr,
+    precision_at_1,
+    render_template,
+)
+from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprompt.model import LanguageModel
+    from autoprompt.runs import Run
+    from autoprompt.task import Example, Task
+
+log = logging.getLogger(__name__)
+
+PRUNERS = ("median", "halving", "wilcoxon", "none")
+SAMPLERS = ("tpe", "random")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TemplateSearchConfig:
+    """Settings of the template search (its seed and time budget are the run's --seed/--time-budget)."""
+
+    space: str = _opt("default", "Search space: a YAML file, or a name in search/ (default, sentiment, facts).")
+    trials: int = _opt(40, "Trials of the study (all workers together), the manual prompt's included.")
+    sampler: str = _opt("tpe", "Optuna sampler.", choices=SAMPLERS)
+    pruner: str = _opt("median", "Stops bad trials early from their dev chunks (wilcoxon needs scipy).",
+                       choices=PRUNERS)
+    trial_dev: int | None = _opt(200, "Dev examples each trial is scored on; the best few are then re-scored "
+                                 "on all of dev (default 200; 0: all of dev).", min=0)
+    chunk: int = _opt(50, "Dev examples per pruning report.")
+    rescore_top: int = _opt(3, "Best trials re-scored on all of dev before the winner is chosen.")
+    storage: str | None = _opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
+                               "path ending in .log, postgresql://...); default: study.db in the run folder.")
+    study_name: str | None = _opt(None, "Study name in --storage (default: TASK-template, so workers share it; "
+                                  "without --storage: the run folder's name).")
+
+
+@dataclass
+class TemplateResult:
+    prompt: Prompt
+    choice: Choice
+    dev: dict[str, float]  # the winner's metrics on all of dev
+    trials: dict[str, int]  # complete / pruned / duplicate / failed counts
+    space: SearchSpace = field(repr=False, default=None)
+
+
+# --- storage and study ----------------------------------------------------------------------
+
+def open_storage(url: str):
+    """An Optuna storage from a URL; a path ending in .log (or journal:PATH) is a journal file."""
+    import optuna
+
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if "://" not in url:
+        raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
+                              "or a journal file path ending in .log")
+    try:
+        return optuna.storages.RDBStorage(url)
+    except ImportError as exc:
+        raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # sqlalchemy: bad URL, server down, auth
+        raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def study_storage(run: Run) -> str:
+    """The storage URL of a run's study: the shared one it was given, else its own study.db."""
+    shared = (run.config().get("template_search") or {}).get("storage")
+    return shared or f"sqlite:///{(run.path / 'study.db').resolve()}"
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+
+
+def make_pruner(name: str):
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "wilcoxon":
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise AutoPromptError("--pruner wilcoxon needs scipy: pip install scipy") from None
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=50)
+    return optuna.pruners.NopPruner()
+
+
+# --- the search -----------------------------------------------------------------------------
+
+def manual_params(space: SearchSpace) -> dict[str, Any]:
+    """The trial params of the task's own prompt (index 0 of the filled-in space)."""
+    return {name: value for name, value in _defaults(space).items() if name in _searched(space)}
+
+
+def _defaults(space: SearchSpace) -> dict[str, Any]:
+    return {"instruction": 0, "layout": 0, "verbalizer": 0, "k": 0, "selection": space.selection[0],
+            "order": space.order[0], "chat": False, "calibration": "none"}
+
+
+def _searched(space: SearchSpace) -> dict[str, list[Any]]:
+    """The dimensions with a choice, as Optuna categorical choices."""
+    dims = {"instruction": list(range(len(space.instruction))), "layout": list(range(len(space.layout))),
+            "verbalizer": list(range(len(space.verbalizer))), "k": space.k, "selection": space.selection,
+            "order": space.order, "chat": space.chat, "calibration": space.calibration}
+    return {name: values for name, values in dims.items() if len(values) > 1}
+
+
+def with_manual_choices(space: SearchSpace, task: Task) -> SearchSpace:
+    """The space with the task's own choices first in every dimension, so trial 0 is the manual prompt."""
+    def first(values: list[Any], value: Any, key=lambda v: v) -> list[Any]:
+        same = [v for v in values if key(v) == key(value)]
+        return [same[0] if same else value] + [v for v in values if key(v) != key(value)]
+
+    return replace(space, instruction=first(space.instruction, ""),
+                   layout=first(space.layout, task.template, key=remove_triggers),
+                   verbalizer=first(space.verbalizer, dict(task.verbalizer or {})) if task.verbalizer else space.verbalizer,
+                   k=first(space.k, 0), chat=first(space.chat, False), calibration=first(space.calibration, "none"))
+
+
+def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: Choice, *, seed: int,
+                 n_triggers: int = 0) -> Prompt:
+    prompt = prompt_for(choice, space, task, seed=seed, n_triggers=n_triggers)
+    prompt = replace(prompt, model=model.ref)
+    if choice.calibration == "contextual" and not n_triggers:
+        prompt = replace(prompt, calibration=content_free_calibration(model, prompt))
+    return prompt
+
+
+def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig, *, seed: int = 0,
+                    time_budget: float | None = None, run: Run | None = None, storage_url: str,
+                    study_name: str, resume: bool = False, progress: bool = True) -> TemplateResult:
+    """Run (or continue) the study; returns the winner after re-scoring the best on all of dev."""
+    import optuna
+    from tqdm.auto import tqdm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = with_manual_choices(load_space(cfg.space).for_task(task), task)
+    storage = open_storage(storage_url)
+    # workers sharing a storage must not all propose the same points: each samples with its own seed
+    sampler_seed = seed if cfg.storage is None else seed + os.getpid()
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
+                                sampler=make_sampler(cfg.sampler, sampler_seed), pruner=make_pruner(cfg.pruner))
+    if resume:
+        _requeue_interrupted(study)
+    if not study.trials:
+        study.enqueue_trial(manual_params(space), user_attrs={"manual": True}, skip_if_exists=True)
+    dev = task.examples("dev")
+    order = list(range(len(dev)))
+    random.Random(seed).shuffle(order)  # chunks are random samples of dev, the same for every trial
+    trial_dev = [dev[i] for i in order[: cfg.trial_dev or None]]
+    started = time.perf_counter()
+    bar = tqdm(total=cfg.trials, initial=_finished(study), desc="template search", unit="trial", disable=not progress)
+    while _finished(study) + _running(study) < cfg.trials:
+        if time_budget is not None and time.perf_counter() - started > time_budget:
+            log.info("time budget of %.0fs spent", time_budget)
+            break
+        trial = study.ask()
+        alive = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                 and t.state != optuna.trial.TrialState.FAIL]
+        if len(alive) >= cfg.trials:  # another worker took the last slot between our count and ask
+            trial.set_user_attr("over_budget", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            break
+        t0 = time.perf_counter()
+        event = _run_trial(model, task, space, cfg, study, trial, trial_dev, seed)
+        event["seconds"] = round(time.perf_counter() - t0, 2)
+        if run is not None:
+            run.log({"stage": "template", **event})
+        bar.update(1)
+        best = _best_value(study)
+        bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
+    bar.close()
+    return _choose_winner(model, task, space, cfg, study, seed, run)
+
+
+def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
+               study: optuna.Study, trial: optuna.Trial, dev: list[Example], seed: int) -> dict[str, Any]:
+    import optuna
+
+    params = {name: trial.suggest_categorical(name, values) for name, values in _searched(space).items()}
+    choice = Choice.from_params(params, space)
+    event: dict[str, Any] = {"trial": trial.number, "params": params}
+    same = _same_params(study, trial.number, params)
+    if same is not None:  # TPE re-proposes points of a small categorical space: reuse the score
+        trial.set_user_attr("duplicate_of", same.number)
+        study.tell(trial, same.value)
+        return {**event, "state": "duplicate", "duplicate_of": same.number, "dev": same.value}
+    prompt = build_prompt(model, task, space, choice, seed=seed)
+    event["prompt"] = render_template(model, prompt)
+    predicted: list[str] = []
+    ranks: list[int] = []
+    for start in range(0, len(dev), cfg.chunk):
+        chunk = dev[start : start + cfg.chunk]
+        ev = evaluate(model, prompt, chunk, metric=task.metric)
+        predicted += ev.predictions
+        if ev.target_ranks is not None:
+            ranks += [int(r) for r in ev.target_ranks]
+        correct = _correct(ev, chunk)
+        if cfg.pruner == "wilcoxon":
+            for k, ok in enumerate(correct):
+                trial.report(float(ok), start + k)
+        else:
+            trial.report(float(np.mean(_correct_all(predicted, ranks, dev))), len(predicted))
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return {**event, "state": "pruned", "examples": len(predicted),
+                    "dev_so_far": float(np.mean(_correct_all(predicted, ranks, dev)))}
+    value = metric_value(task.metric, predicted, [e.answer for e in dev], np.asarray(ranks), task.labels)
+    study.tell(trial, value)
+    return {**event, "state": "complete", "examples": len(predicted), "dev": value}
+
+
+def _correct(ev, examples: list[Example]) -> list[bool]:
+    if ev.target_ranks is not None:
+        return [int(r) == 0 for r in ev.target_ranks]
+    return [p == e.answer for p, e in zip(ev.predictions, examples, strict=True)]
+
+
+def _correct_all(predicted: list[str], ranks: list[int], dev: list[Example]) -> list[bool]:
+    if ranks:
+        return [r == 0 for r in ranks]
+    return [p == e.answer for p, e in zip(predicted, dev, strict=False)]
+
+
+def metric_value(metric: str, predicted: list[str], gold: list[str], ranks: np.ndarray, labels: list[str]) -> float:
+    if metric == "accuracy":
+        return accuracy(predicted, gold)
+    if metric == "macro_f1":
+        return macro_f1(predicted, gold, labels)
+    if metric == "precision@1":
+        return precision_at_1(ranks)
+    if metric == "mrr":
+        return mrr(ranks)
+    raise AutoPromptError(f"the template search cannot optimize metric {metric!r}")
+
+
+def _same_params(study: optuna.Study, number: int, params: dict[str, Any]):
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != number and t.params == params and t.value is not None:
+            return t
+    return None
+
+
+def _finished(study: optuna.Study) -> int:
+    import optuna
+
+    S = optuna.trial.TrialState
+    return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)))
+
+
+def _running(study: optuna.Study) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed process: mark them failed and queue their params again."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+        log.info("trial %d was interrupted: marked failed, queued again", t.number)
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    import optuna
+
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    return {"complete": sum(t.state == S.COMPLETE and "duplicate_of" not in t.user_attrs for t in trials),
+            "duplicate": sum(t.state == S.COMPLETE and "duplicate_of" in t.user_attrs for t in trials),
+            "pruned": sum(t.state == S.PRUNED for t in trials),
+            "failed": sum(t.state == S.FAIL for t in trials)}
+
+
+def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
+                   study: optuna.Study, seed: int, run: Run | None) -> TemplateResult:
+    """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value)."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs and t.value is not None]
+    if not done:
+        raise AutoPromptError("the template search finished no trial (all pruned or failed)")
+    done.sort(key=lambda t: (-t.value, t.number))
+    dev = task.examples("dev")
+    full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)
+    best = None
+    for t in done[: max(1, cfg.rescore_top)]:
+        choice = Choice.from_params(t.params, space)
+        prompt = build_prompt(model, task, space, choice, seed=seed)
+        metrics = evaluate(model, prompt, dev, metric=task.metric).metrics
+        if run is not None:
+            run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value, "dev": metrics[task.metric]})
+        key = (metrics[task.metric], t.value)
+        if best is None or key > best[0]:
+            best = (key, prompt, choice, metrics)
+        if full_dev:  # trials already saw all of dev: the best trial is the winner
+            break
+    _, prompt, choice, metrics = best
+    return TemplateResult(prompt, choice, metrics, trial_counts(study), space)
+
+
+def config_dict(cfg: TemplateSearchConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,157 @@
+"""Studies that survive SIGKILL and scale out: real processes of the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprompt.template_search import open_storage
+
+TASK_FILE = '''
+import numpy as np
+from autoprompt.task import Example, Task
+
+WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
+rng = np.random.default_rng(0)
+
+def examples(n, split):
+    return [Example({"text": " ".join(rng.choice(WORDS, size=6))}, "positive" if i % 2 else "negative",
+                    f"{split}:{i}") for i in range(n)]
+
+dev = examples(300, "dev")
+task = Task(name="words", template="{text} =>[P]",
+            verbalizer={"negative": ["negative"], "positive": ["positive"]},
+            splits={"train": examples(40, "train"), "dev": dev, "test": dev[:20]})
+'''
+
+SPACE = (
+    "instruction: ['', 'Say if it is positive or negative.', 'Label the text.']\n"
+    "layout: ['Text: {text}\\nLabel:[P]', '{text} =>[P]', 'Input: {text}\\nOutput:[P]']\n"
+    "verbalizer: [{negative: [negative], positive: [positive]}, {negative: [bad], positive: [good]}]\n"
+    "demonstrations: {k: [0, 1, 2, 4], selection: [balanced, random]}\n"
+    "calibration: [none, contextual]\n"
+)
+
+
+@pytest.fixture
+def study_setup(tmp_path, tiny_causal_dir):
+    (tmp_path / "task.py").write_text(TASK_FILE, encoding="utf-8")
+    (tmp_path / "space.yaml").write_text(SPACE, encoding="utf-8")
+    return tmp_path
+
+
+def command(setup: Path, model_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "autoprompt.cli", "optimize", str(setup / "task.py"), "--method", "template",
+            "--model", str(model_dir), "--device", "cpu", "--space", str(setup / "space.yaml"), "--pruner", "none",
+            "--trial-dev", "0", "--chunk", "100", "--rescore-top", "1", "--runs-dir", str(setup / "runs"), *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def template_events(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "log.jsonl").read_text(encoding="utf-8").splitlines() if (run_dir / "log.jsonl").exists() else []
+    return [e for e in map(json.loads, lines) if e.get("stage") == "template"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_keeps_finished_trials_and_completes_the_budget(study_setup, tiny_causal_dir):
+    trials = 30
+    proc = subprocess.Popen(command(study_setup, tiny_causal_dir, "--trials", str(trials), "--seed", "0"),
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    run_dir = None
+    while time.time() < deadline:
+        runs = list((study_setup / "runs").glob("*")) if (study_setup / "runs").exists() else []
+        if runs and len(template_events(runs[0])) >= 3:
+            run_dir = runs[0]
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    assert run_dir is not None, "no trial finished in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
+    S = optuna.trial.TrialState
+    before = {t.number: (t.params, t.value) for t in optuna.load_study(study_name=run_dir.name, storage=storage).trials
+              if t.state == S.COMPLETE}
+    assert 3 <= len(before) < trials
+    done = subprocess.run([sys.executable, "-m", "autoprompt.cli", "optimize", str(study_setup / "task.py"),
+                           "--resume", str(run_dir), "--model", str(tiny_causal_dir), "--device", "cpu", "--json"],
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["run"] == str(run_dir)
+    after = optuna.load_study(study_name=run_dir.name, storage=storage).trials
+    assert len([t for t in after if t.state in (S.COMPLETE, S.PRUNED)]) == trials
+    assert {t.number: (t.params, t.value) for t in after if t.number in before} == before
+    assert json.loads((run_dir / "result.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal_study(study_setup, tiny_causal_dir):
+    trials = 24
+    journal = study_setup / "study.log"
+    extra = ("--trials", str(trials), "--storage", str(journal), "--study-name", "shared")
+    procs = [subprocess.Popen(command(study_setup, tiny_causal_dir, *extra, "--runs-dir", str(study_setup / f"w{i}")),
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=open_storage(str(journal)))
+    S = optuna.trial.TrialState
+    finished = [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED)]
+    assert len(finished) == trials
+    # every trial was run by exactly one worker, and both workers did some
+    by_worker = [[e["trial"] for e in template_events(next((study_setup / f"w{i}").iterdir()))] for i in range(2)]
+    assert all(by_worker), by_worker
+    assert sorted(by_worker[0] + by_worker[1]) == sorted(t.number for t in finished)
+    assert not set(by_worker[0]) & set(by_worker[1])
+    assert study.trials[0].user_attrs.get("manual")
+    assert sum(bool(t.user_attrs.get("manual")) for t in study.trials) == 1
+
+
+def _postgres_url() -> str | None:
+    return os.environ.get("AUTOPROMPT_TEST_POSTGRES")
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(study_setup, tiny_causal_dir):
+    """Against a real PostgreSQL server: .ci/run starts one on loopback and sets AUTOPROMPT_TEST_POSTGRES."""
+    url = _postgres_url()
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a PostgreSQL server (AUTOPROMPT_TEST_POSTGRES is unset)")
+        pytest.skip("no PostgreSQL server: set AUTOPROMPT_TEST_POSTGRES=postgresql+psycopg://user@host/db "
+                    "(.ci/run starts one)")
+    name = f"pg-{os.getpid()}-{time.time_ns()}"
+    trials = 12
+    extra = ("--trials", str(trials), "--storage", url, "--study-name", name)
+    procs = [subprocess.Popen(command(study_setup, tiny_causal_dir, *extra, "--runs-dir", str(study_setup / f"w{i}")),
+                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name=name, storage=url)
+    S = optuna.trial.TrialState
+    finished = [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED)]
+    assert len(finished) == trials
+    by_worker = [[e["trial"] for e in template_events(next((study_setup / f"w{i}").iterdir()))] for i in range(2)]
+    assert sorted(by_worker[0] + by_worker[1]) == sorted(t.number for t in finished)
+
+
+def test_storage_urls_are_checked():
+    from autoprompt.errors import AutoPromptError
+
+    with pytest.raises(AutoPromptError, match="expected a URL"):
+        open_storage("not-a-url")

@@ -1,0 +1,167 @@
+"""Template search: the study, its budget, the manual trial, pruning, resume, the hybrid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from autoprompt import template_search as tsm
+from autoprompt.optimize import optimize
+from autoprompt.prompt import Prompt
+from autoprompt.prompt_file import read_prompt_file
+from autoprompt.scoring import calibrate, content_free_calibration, evaluate, score_labels
+from autoprompt.task import Example, Task
+from autoprompt.template_search import TemplateSearchConfig
+from autoprompt.trigger_search import TriggerSearchConfig
+
+VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
+WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
+
+
+def word_task(n_train: int = 24, n_dev: int = 40) -> Task:
+    rng = np.random.default_rng(0)
+
+    def examples(n: int, split: str) -> list[Example]:
+        return [Example({"text": " ".join(rng.choice(WORDS, size=4))}, "positive" if i % 2 else "negative",
+                        f"{split}:{i}") for i in range(n)]
+
+    dev = examples(n_dev, "dev")
+    return Task(name="words", template="{text} =>[P]", verbalizer=VERBALIZER,
+                splits={"train": examples(n_train, "train"), "dev": dev, "test": dev[:10]})
+
+
+def space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "instruction: ['', 'Say if it is positive or negative.']\n"
+        "layout: ['Text: {text} [T]\\nLabel:[P]', '{text} [T] =>[P]']\n"
+        "verbalizer: [{negative: [negative], positive: [positive]}, {negative: [bad], positive: [good]}]\n"
+        "demonstrations: {k: [0, 2], selection: [balanced]}\n"
+        "calibration: [none, contextual]\n"
+        "triggers: [0, 2]\n", encoding="utf-8")
+    return path
+
+
+def config(tmp_path: Path, **changes) -> TemplateSearchConfig:
+    settings = dict(space=str(space_file(tmp_path)), trials=8, pruner="none", trial_dev=0, chunk=10, rescore_top=2)
+    return TemplateSearchConfig(**(settings | changes))
+
+
+def test_template_search_runs_its_budget_with_the_manual_prompt_first(causal_lm, tmp_path):
+    task = word_task()
+    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                      template_config=config(tmp_path), progress=False)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{result.run_dir / 'study.db'}")
+    study = optuna.load_study(study_name=result.run_dir.name, storage=storage)
+    S = optuna.trial.TrialState
+    assert len(study.get_trials(states=(S.COMPLETE, S.PRUNED))) == 8
+    first = study.trials[0]
+    assert first.user_attrs.get("manual") and first.number == 0
+    events = [e for e in result.history if e.get("stage") == "template"]
+    assert [e["trial"] for e in events] == list(range(8))
+    manual = Prompt.from_task(task)
+    assert events[0]["prompt"] == manual.template  # trial 0 renders the task's own template
+    assert abs(events[0]["dev"] - evaluate(causal_lm, manual, task.examples("dev")).metrics["accuracy"]) < 1e-9
+    # the winner is the best trial, its prompt file loads and says how it was found
+    best_dev = max(e["dev"] for e in events if e["state"] != "pruned")
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(best_dev)
+    saved = read_prompt_file(result.prompt_file)
+    assert saved.search["method"] == "template" and saved.search["trials"]["failed"] == 0
+    assert json.loads((result.run_dir / "result.json").read_text())["state"] == "finished"
+
+
+def test_same_seed_same_study(causal_lm, tmp_path):
+    task = word_task()
+    runs = [optimize(task, TriggerSearchConfig(seed=5), causal_lm, runs_dir=tmp_path / f"r{i}", method="template",
+                     template_config=config(tmp_path), progress=False) for i in range(2)]
+    params = [[e["params"] for e in r.history if e.get("stage") == "template"] for r in runs]
+    assert params[0] == params[1]
+
+
+def test_pruned_trials_stop_early(causal_lm, tmp_path, monkeypatch):
+    """With the median pruner, a trial worse than the median after its first chunk stops there."""
+    task = word_task(n_dev=40)
+    result = optimize(task, TriggerSearchConfig(seed=1), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                      template_config=config(tmp_path, pruner="median", trials=16), progress=False)
+    events = [e for e in result.history if e.get("stage") == "template"]
+    pruned = [e for e in events if e["state"] == "pruned"]
+    assert pruned, "no trial was pruned"
+    assert all(e["examples"] < 40 for e in pruned)
+    assert all(e["examples"] == 40 for e in events if e["state"] == "complete")
+
+
+def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
+    task = word_task()
+    calls = {"n": 0}
+    real = tsm.evaluate
+
+    def dies_on_the_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5 * 4:  # in the 5th trial (4 chunks of 10 per trial)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tsm, "evaluate", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                 template_config=config(tmp_path), progress=False)
+    monkeypatch.setattr(tsm, "evaluate", real)
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "result.json").read_text())["state"] == "interrupted"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
+    before = optuna.load_study(study_name=run_dir.name, storage=storage).trials
+    S = optuna.trial.TrialState
+    assert [t.state for t in before].count(S.RUNNING) == 1
+    finished_before = {t.number: t.value for t in before if t.state == S.COMPLETE}
+    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, resume=run_dir, progress=False)
+    after = optuna.load_study(study_name=run_dir.name, storage=storage).trials
+    assert len([t for t in after if t.state in (S.COMPLETE, S.PRUNED)]) == 8
+    assert {t.number: t.value for t in after if t.number in finished_before} == finished_before
+    interrupted = next(t for t in after if t.state == S.FAIL)
+    rerun = [t for t in after if t.user_attrs.get("rerun_of") == interrupted.number]
+    assert len(rerun) == 1 and rerun[0].params == interrupted.params and rerun[0].state == S.COMPLETE
+    assert result.run_dir == run_dir
+
+
+def test_hybrid_searches_triggers_inside_the_template_winner(causal_lm, tmp_path):
+    task = word_task()
+    result = optimize(task, TriggerSearchConfig(seed=0, steps=2, dev_every=1, grad_batch=8, eval_batch=8,
+                                                confirm_batch=0, top_k=8),
+                      causal_lm, runs_dir=tmp_path / "runs", method="hybrid",
+                      template_config=config(tmp_path, trials=4), progress=False)
+    stages = [e.get("stage") for e in result.history]
+    assert stages.count("template") == 4 and "trigger" in stages and "choice" in stages
+    choice = next(e for e in result.history if e.get("stage") == "choice")
+    winner = json.loads((result.run_dir / "template_winner.json").read_text())
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(max(choice["template_dev"], choice["hybrid_dev"]))
+    saved = read_prompt_file(result.prompt_file)
+    assert saved.search["winner"] in ("template", "hybrid")
+    if saved.search["winner"] == "hybrid":
+        assert len(saved.prompt.trigger_ids) == 2  # the space's largest trigger count
+    assert winner["choice"] == saved.search["choice"]
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def test_calibrate_divides_out_the_content_free_distribution():
+    content_free = np.log([[0.8, 0.2]])
+    assert np.allclose(np.exp(calibrate(content_free, content_free[0])), [[0.5, 0.5]])
+    # an input the raw prompt calls positive by less than its bias is negative once calibrated
+    scores = np.log([[0.7, 0.3]])
+    assert np.exp(calibrate(scores, content_free[0]))[0, 0] < 0.5
+    assert np.allclose(np.exp(calibrate(scores, content_free[0])).sum(axis=1), 1.0)
+
+
+def test_a_calibrated_prompt_scores_through_its_calibration(causal_lm):
+    task = word_task()
+    prompt = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",))
+    cal = content_free_calibration(causal_lm, prompt)
+    assert len(cal) == 2 and np.isclose(np.exp(cal).sum(), 1.0)
+    calibrated = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",), calibration=cal)
+    examples = task.examples("dev")[:6]
+    raw = score_labels(causal_lm, prompt, examples)
+    assert np.allclose(score_labels(causal_lm, calibrated, examples), calibrate(raw, cal))
