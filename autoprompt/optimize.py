@@ -55,11 +55,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
     started = time.perf_counter()
     manual_task = task
     if resume is not None:
-        run = Run.open(resume)
-        saved = run.config()
-        if saved.get("task") != task.name or saved.get("model") != model.name:
-            raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
-                                  f"not {task.name} on {model.name}")
+        run, saved = _reopen(resume, task, model)
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
         if saved.get("verbalizer") is not None:
             task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
@@ -75,11 +71,9 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
             label_words = search_label_words(model, task, seed=config.seed)
             task = dataclasses.replace(task, verbalizer=label_words.verbalizer(1))
         initial_prompt(model, task, config)  # bad templates fail here, before a run folder exists
-        run = Run.create(task.name, "trigger", {
-            "method": "trigger", "task": task.name, "task_source": task.source, "model": model.name,
-            "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
-            "trigger": dataclasses.asdict(config), "verbalizer": task.verbalizer, "search_labels": search_labels,
-        }, runs_dir=runs_dir)
+        run = Run.create(task.name, "trigger", _run_config(
+            task, model, "trigger", trigger=dataclasses.asdict(config), verbalizer=task.verbalizer,
+            search_labels=search_labels), runs_dir=runs_dir)
         if label_words is not None:
             run.write_json("labels.json", {"words": label_words.words, "train_accuracy": label_words.train_accuracy})
         state = None
@@ -120,20 +114,18 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     started = time.perf_counter()
     method = "hybrid" if hybrid else "template"
     if resume is not None:
-        run = Run.open(resume)
-        saved = run.config()
-        if saved.get("task") != task.name or saved.get("model") != model.name:
-            raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
-                                  f"not {task.name} on {model.name}")
+        run, saved = _reopen(resume, task, model)
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
         tconfig = TemplateSearchConfig(**_known(TemplateSearchConfig, saved["template_search"]))
     else:
-        load_space(tconfig.space).for_task(task)  # a bad space fails before a run folder exists
-        run = Run.create(task.name, method, {
-            "method": method, "task": task.name, "task_source": task.source, "model": model.name,
-            "model_source": model.source, "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
-            "template_search": dataclasses.asdict(tconfig), "trigger": dataclasses.asdict(config),
-        }, runs_dir=runs_dir)
+        load_space(tconfig.space).for_task(task)  # a bad space or storage fails before a run folder exists
+        if tconfig.storage:
+            from autoprompt.template_search import open_storage
+
+            open_storage(tconfig.storage)
+        run = Run.create(task.name, method, _run_config(
+            task, model, method, template_search=dataclasses.asdict(tconfig), trigger=dataclasses.asdict(config)),
+            runs_dir=runs_dir)
     log.info("run folder: %s", run.path)
     storage = study_storage(run)
     run.write_json("result.json", {"state": "running"})
@@ -193,6 +185,23 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
                                    "template": prompt.template, "instruction": prompt.instruction,
                                    "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+
+
+def _reopen(resume, task: Task, model: LanguageModel) -> tuple[Run, dict[str, Any]]:
+    """The run folder to continue and its saved config; it must be a run of this task and model."""
+    run = Run.open(resume)
+    saved = run.config()
+    if saved.get("task") != task.name or saved.get("model") != model.name:
+        raise AutoPromptError(f"{resume}: was a run of {saved.get('task')} on {saved.get('model')}, "
+                              f"not {task.name} on {model.name}")
+    return run, saved
+
+
+def _run_config(task: Task, model: LanguageModel, method: str, **settings: Any) -> dict[str, Any]:
+    """A run's config.json: what ran on what, and every setting."""
+    return {"method": method, "task": task.name, "task_source": task.source, "model": model.name,
+            "model_source": model.source, "device": str(model.device),
+            "dtype": str(model.dtype).replace("torch.", ""), **settings}
 
 
 def _study_name(tconfig: TemplateSearchConfig, task: Task, run: Run) -> str:

@@ -52,7 +52,7 @@ class TriggerSearchConfig:
     template: str | None = _opt(None, "Template with [T] slots to search in (default: the task's; without [T] slots, "
                                 "n_triggers are added after its last field).")
     n_triggers: int = _opt(5, "[T] slots to add after the last field when the template has none.", min=0)
-    steps: int = _opt(30, "Search steps at most.")
+    steps: int = _opt(20, "Search steps at most.")
     mode: str = _opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
                      choices=("autoprompt", "gcg"))
     top_k: int = _opt(16, "Candidate tokens per slot, from -grad . E.")

@@ -116,6 +116,18 @@ def _predict(prompt: Callable[[Env], Path], source: Callable[[Env], Path] | str 
     return build
 
 
+def _space(env: Env, text: str) -> Path:
+    path = env.tmp / "space.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _optimize(*args) -> Callable[[Env], Run]:
+    """optimize TASK --method template ...; its runs folder is env.out's, which must stay empty."""
+    return lambda env: Run(["optimize", env.task(), "--method", "template", "--model", env.causal,
+                            "--runs-dir", env.out.parent / "runs", *[a(env) if callable(a) else a for a in args]])
+
+
 def _empty_model_folder(env: Env) -> Path:
     folder = env.tmp / "empty-model"
     folder.mkdir()
@@ -257,6 +269,24 @@ CASES = [
          _predict(lambda e: e.prompt(model={"tokenizer_fingerprint": "sha256:00"})),
          ("p.prompt.json", "tokenizer", "allow_tokenizer_mismatch")),
     Case("predict-prompt-truncated", _predict(_truncated), ("p.prompt.json:6", "not valid JSON")),
+    # --- optimize --method template
+    Case("template-space-missing", _optimize("--space", lambda e: e.tmp / "nope.yaml"),
+         ("nope.yaml", "no such search space file", "default, facts, sentiment")),
+    Case("template-space-unknown-key", _optimize("--space", lambda e: _space(e, "colour: [red]\n")),
+         ("space.yaml", "unknown key(s) colour")),
+    Case("template-space-layout-without-answer", _optimize("--space", lambda e: _space(e, "layout: ['{text}']\n")),
+         ("space.yaml", "no [P] answer slot")),
+    Case("template-space-field-the-task-lacks",
+         _optimize("--space", lambda e: _space(e, "layout: ['{title}: {text}[P]']\n")),
+         ("space.yaml", "uses title", "its fields: text")),
+    Case("template-space-empty-list", _optimize("--space", lambda e: _space(e, "instruction: []\n")),
+         ("space.yaml", "instruction is an empty list")),
+    Case("template-space-bad-yaml", _optimize("--space", lambda e: _space(e, "layout: ['{text}[P]'\n")),
+         ("space.yaml", "not valid YAML")),
+    Case("template-storage-not-a-url", _optimize("--storage", "mysql-somewhere"), ("storage 'mysql-somewhere'",)),
+    Case("template-resume-not-a-run", lambda e: Run(["optimize", e.task(), "--resume", e.tmp, "--model", e.causal]),
+         ("not a run folder",)),
+    Case("dashboard-not-a-run", lambda e: Run(["dashboard", e.tmp]), ("not a run folder",)),
     Case("predict-unknown-model",
          lambda e: Run(["predict", "--prompt", e.prompt(), "--model", "no-such-model", "-", "-o", e.out], "hi\n"),
          ("unknown model 'no-such-model'",)),
