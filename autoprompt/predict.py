@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from autoprompt.errors import PromptFileError, TemplateError
 from autoprompt.model import LanguageModel, load_model
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file
-from autoprompt.scoring import render_template, score_labels, score_targets
+from autoprompt.scoring import nearest_demonstrations, render_template, score_labels, score_targets
 from autoprompt.task import Example
 from autoprompt.template import fill_template
 
@@ -58,8 +59,12 @@ class Predictor:
 
     def render(self, example: Input) -> str:
         """The prompt text the model reads for one input (up to the answer)."""
-        fields = self._examples(example)[0].fields
-        template = render_template(self.model, self.prompt)
+        example = self._examples(example)[0]
+        fields, prompt = example.fields, self.prompt
+        if prompt.demo_k:  # the demonstrations this input is shown
+            demos = nearest_demonstrations(self.model, prompt, [example])[0]
+            prompt = replace(prompt, demonstrations=demos, demo_k=0)
+        template = render_template(self.model, prompt)
         answer = None if self.model.is_causal else self.model.tokenizer.mask_token
         return fill_template(template, fields, answer=answer, triggers=list(self.prompt.trigger_tokens))
 

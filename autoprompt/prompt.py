@@ -36,6 +36,9 @@ class Prompt:
     trigger_tokens: tuple[str, ...] = ()  # the text of each trigger token, for people and exports
     instruction: str = ""
     demonstrations: tuple[Example, ...] = ()
+    # 0: show every demonstration; k > 0: the demonstrations are a pool and each input is shown
+    # the k most similar to it (by the model's own embedding of the fields)
+    demo_k: int = 0
     chat: bool = False
     # contextual calibration (Zhao et al. 2021): each label's log-prob, normalised over the
     # labels, for a content-free input; subtracted from every input's before the argmax
@@ -47,6 +50,8 @@ class Prompt:
         parse_template(self.template)
         if len(self.trigger_ids) != len(self.trigger_tokens):
             raise TemplateError("a prompt needs one text per trigger id")
+        if not 0 <= self.demo_k <= len(self.demonstrations):
+            raise TemplateError(f"demo_k {self.demo_k} needs 0..{len(self.demonstrations)} (the demonstrations pool)")
         if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
             raise TemplateError("calibration needs one value per label")
 

@@ -20,7 +20,7 @@ SUFFIX = ".prompt.json"
 MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search"}
+             "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search"}
 _REQUIRED = {"format", "template", "model", "task"}
 
 
@@ -51,6 +51,7 @@ def to_json(pf: PromptFile) -> dict[str, Any]:
         "template": p.template,
         "instruction": p.instruction,
         "demonstrations": [{"fields": d.fields, "answer": d.answer} for d in p.demonstrations],
+        "demo_k": p.demo_k,
         "verbalizer": p.verbalizer,
         "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
         "chat": p.chat,
@@ -132,6 +133,9 @@ def from_json(data: Any) -> PromptFile:
                and all(isinstance(v, str) for v in d["fields"].values()) and isinstance(d.get("answer"), str),
                "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
         demos.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
+    demo_k = _typed(data.get("demo_k", 0), int, "demo_k")
+    _check(not isinstance(demo_k, bool) and 0 <= demo_k <= len(demos),
+           f"demo_k must be 0..{len(demos)} (the number of demonstrations), not {demo_k!r}")
     calibration = _typed(data.get("calibration", []), list, "calibration")
     _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in calibration),
            "calibration must be a list of finite numbers")
@@ -148,6 +152,7 @@ def from_json(data: Any) -> PromptFile:
         trigger_tokens=tuple(t["text"] for t in triggers),
         instruction=_typed(data.get("instruction", ""), str, "instruction"),
         demonstrations=tuple(demos),
+        demo_k=demo_k,
         chat=_typed(data.get("chat", False), bool, "chat"),
         calibration=tuple(float(v) for v in calibration),
         model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),

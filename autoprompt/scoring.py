@@ -7,8 +7,10 @@ applied only at the positions that predict answer tokens.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,22 +45,67 @@ class Evaluation:
 
 
 def render_template(model: LanguageModel, prompt: Prompt) -> str:
-    """The template the model really reads: instruction, demos and chat wrapping written in."""
+    """The template the model really reads: instruction, demos and chat wrapping written in.
+    (With per-input demonstrations, ``demo_k`` > 0, it shows the first k of the pool.)"""
+    if prompt.demo_k:
+        prompt = replace(prompt, demonstrations=prompt.demonstrations[: prompt.demo_k], demo_k=0)
     template = prompt.expanded_template()
     return chat_wrap(template, model.tokenizer) if prompt.chat else template
 
 
 def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[Encoded]:
     """Token ids of each example under the prompt (triggers in place, answer excluded)."""
-    template = render_template(model, prompt)
+    if prompt.demo_k:  # each input with its own nearest demonstrations
+        chosen = nearest_demonstrations(model, prompt, examples)
+        templates = [render_template(model, replace(prompt, demonstrations=d, demo_k=0)) for d in chosen]
+    else:
+        templates = [render_template(model, prompt)] * len(examples)
     out = []
-    for example in examples:
+    for example, template in zip(examples, templates, strict=True):
         try:
             out.append(model.renderer.render(template, example.fields, list(prompt.trigger_ids)))
         except TemplateError as exc:
             where = f"{example.source}: " if example.source else ""
             raise TemplateError(f"{where}{exc}") from None
     return out
+
+
+def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> torch.Tensor:
+    """The model's own embedding of each text: its last hidden states, mean-pooled, unit length. [n, hidden]"""
+    ids = [model.renderer.field_ids(t) or [model.pad_id] for t in texts]
+    out = None
+    with torch.inference_mode():
+        for batch in pack_batches([len(i) for i in ids], batch_tokens, max_rows=MAX_ROWS):
+            input_ids, mask = pad_right([ids[i] for i in batch], model.pad_id, model.device)
+            states = model.hidden_states(input_ids, mask).float()
+            pooled = (states * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+            if out is None:
+                out = torch.zeros(len(texts), pooled.shape[1])
+            out[torch.as_tensor(batch)] = pooled.cpu()
+    return torch.nn.functional.normalize(out, dim=1)
+
+
+def _example_text(example: Example) -> str:
+    return " ".join(str(v) for v in example.fields.values())
+
+
+def nearest_demonstrations(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[tuple[Example, ...]]:
+    """For each example, the prompt's ``demo_k`` most similar pool demonstrations by cosine of the
+    model's embeddings, most similar last (next to the input); never the example itself."""
+    pool = prompt.demonstrations
+    key = hashlib.sha256(json.dumps([[d.fields, d.answer] for d in pool], sort_keys=True).encode()).hexdigest()
+    cache = model.__dict__.setdefault("_demo_embeddings", {})
+    if key not in cache:
+        cache.clear()  # one pool at a time: a search moves from pool to pool
+        cache[key] = embed_texts(model, [_example_text(d) for d in pool])
+    pool_vectors = cache[key]
+    similarity = embed_texts(model, [_example_text(e) for e in examples]) @ pool_vectors.T  # [n, pool]
+    for i, example in enumerate(examples):
+        for j, demo in enumerate(pool):
+            if demo.fields == example.fields:
+                similarity[i, j] = -float("inf")
+    top = similarity.topk(prompt.demo_k, dim=1).indices.flip(1)  # ascending: the nearest comes last
+    return [tuple(pool[j] for j in row) for row in top.tolist()]
 
 
 def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]]:
@@ -114,8 +161,6 @@ CONTENT_FREE = ("N/A", "")
 def content_free_calibration(model: LanguageModel, prompt: Prompt) -> tuple[float, ...]:
     """The calibration of a classification prompt: the mean label distribution it gives
     content-free inputs (every field "N/A", then every field empty), as log-probs."""
-    from dataclasses import replace
-
     from autoprompt.task import Example
 
     raw = replace(prompt, calibration=())

@@ -3,7 +3,7 @@
     instruction: ["", "Is this review positive or negative?"]
     layout: ["{instruction}\\n{demos}\\n\\nReview: {text}\\nSentiment:[P]", ...]
     verbalizer: [{negative: [negative], positive: [positive]}, ...]
-    demonstrations: {k: [0, 2, 4], selection: [random, balanced], order: [shuffled, by_label]}
+    demonstrations: {k: [0, 2, 4], selection: [random, balanced, similar], order: [shuffled, by_label]}
     chat: [false, true]
     calibration: [none, contextual]
     triggers: [0, 5]
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search"
 DIMENSIONS = ("instruction", "layout", "verbalizer", "demonstrations", "chat", "calibration", "triggers")
 DEMO_KEYS = ("k", "selection", "order")
-SELECTIONS = ("random", "balanced")
+SELECTIONS = ("random", "balanced", "similar")
+SIMILAR_POOL = 64  # train examples a "similar" prompt keeps to choose each input's demonstrations from
 ORDERS = ("shuffled", "by_label")
 CALIBRATIONS = ("none", "contextual")
 
@@ -222,11 +223,17 @@ def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_t
         from autoprompt.trigger_search import with_trigger_slots
 
         layout = with_trigger_slots(layout, n_triggers)
-    demos = pick_demonstrations(task.examples("train"), choice.k, choice.selection, choice.order,
-                                labels=list(task.verbalizer or {}), seed=seed) if choice.k else ()
+    demo_k = 0
+    if choice.k and choice.selection == "similar":  # a pool; each input gets its k nearest at scoring time
+        train = task.examples("train")
+        demos = random.Random(f"{seed}-similar-pool").sample(train, min(SIMILAR_POOL, len(train)))
+        demo_k = min(choice.k, len(demos))
+    else:
+        demos = pick_demonstrations(task.examples("train"), choice.k, choice.selection, choice.order,
+                                    labels=list(task.verbalizer or {}), seed=seed) if choice.k else []
     return Prompt(template=layout, verbalizer=space.verbalizer[choice.verbalizer] if task.verbalizer else None,
-                  instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), chat=choice.chat,
-                  fields=tuple(task.fields))
+                  instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), demo_k=demo_k,
+                  chat=choice.chat, fields=tuple(task.fields))
 
 
 def pick_demonstrations(train: list[Example], k: int, selection: str, order: str, *, labels: list[str],

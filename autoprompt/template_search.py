@@ -283,7 +283,8 @@ def prompt_key(model: LanguageModel, prompt: Prompt, choice: Choice) -> str:
     import hashlib
     import json
 
-    text = json.dumps([render_template(model, prompt), prompt.verbalizer, choice.calibration], sort_keys=True)
+    text = json.dumps([render_template(model, prompt), prompt.demo_k, prompt.verbalizer, choice.calibration],
+                      sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -282,3 +282,22 @@ def test_labels_command(tiny_causal_dir: Path, tmp_path: Path) -> None:
     assert set(report["words"]) == {"negative", "positive"}
     assert all(len(words) == 3 for words in report["words"].values())
     assert report["verbalizer"] == {label: [words[0][0]] for label, words in report["words"].items()}
+
+
+def test_dashboard_needs_a_study_and_says_how_to_install_it(tmp_path):
+    import importlib.util
+    import json as _json
+
+    trigger_run = tmp_path / "trigger-run"
+    trigger_run.mkdir()
+    (trigger_run / "config.json").write_text(_json.dumps({"method": "trigger"}), encoding="utf-8")
+    result = invoke("dashboard", trigger_run)
+    assert result.exit_code == 2 and "has no Optuna study" in result.output
+    if importlib.util.find_spec("optuna_dashboard") is not None:
+        pytest.skip("optuna-dashboard is installed: the install hint is not shown")
+    template_run = tmp_path / "template-run"
+    template_run.mkdir()
+    (template_run / "config.json").write_text(_json.dumps({"method": "template"}), encoding="utf-8")
+    result = invoke("dashboard", template_run)
+    assert result.exit_code == 2
+    assert "pip install 'autoprompt[dashboard]'" in result.output

@@ -165,3 +165,83 @@ def test_a_calibrated_prompt_scores_through_its_calibration(causal_lm):
     examples = task.examples("dev")[:6]
     raw = score_labels(causal_lm, prompt, examples)
     assert np.allclose(score_labels(causal_lm, calibrated, examples), calibrate(raw, cal))
+
+
+# --- demonstrations chosen per input -------------------------------------------------------
+
+def test_similar_demonstrations_are_the_nearest_pool_examples_never_the_input(causal_lm):
+    from autoprompt.scoring import encode_examples, nearest_demonstrations
+
+    pool = (Example({"text": "good film good film good"}, "positive", "p0"),
+            Example({"text": "the plot the plot the"}, "negative", "p1"),
+            Example({"text": "slow slow slow slow slow"}, "negative", "p2"),
+            Example({"text": "good film good film"}, "positive", "p3"))
+    prompt = Prompt(template="{text} =>[P]", verbalizer=VERBALIZER, fields=("text",), demonstrations=pool, demo_k=1)
+    query = Example({"text": "good film good film"}, None, "q")  # identical to p3: p3 is never shown to it
+    other = Example({"text": "slow slow slow slow"}, None, "r")
+    chosen = nearest_demonstrations(causal_lm, prompt, [query, other])
+    assert chosen[0] == (pool[0],)
+    assert chosen[1] == (pool[2],)
+    two = nearest_demonstrations(causal_lm, Prompt(template="{text} =>[P]", verbalizer=VERBALIZER, fields=("text",),
+                                                   demonstrations=pool, demo_k=2), [query])[0]
+    assert two[-1] == pool[0] and pool[3] not in two  # the nearest sits next to the input
+    # each input is rendered with its own demonstrations
+    encoded = encode_examples(causal_lm, prompt, [query, other])
+    texts = [causal_lm.tokenizer.decode(e.input_ids) for e in encoded]
+    assert "good film good film good" in texts[0] and "slow slow slow slow slow" in texts[1]
+
+
+def test_similar_prompts_round_trip_and_predict(causal_lm, tmp_path):
+    from autoprompt.predict import Predictor
+    from autoprompt.prompt_file import PromptFile, save_prompt_file
+    from autoprompt.space import Choice, prompt_for, space_from_dict
+
+    task = word_task()
+    space = space_from_dict({"demonstrations": {"k": [3], "selection": ["similar"]}}).for_task(task)
+    prompt = prompt_for(Choice(k=3, selection="similar"), space, task, seed=0)
+    assert prompt.demo_k == 3 and len(prompt.demonstrations) == len(task.examples("train"))
+    prompt = Prompt(**{**prompt.__dict__, "model": causal_lm.ref})
+    path = save_prompt_file(PromptFile(prompt, task_name=task.name), tmp_path / "p.prompt.json")
+    loaded = read_prompt_file(path).prompt
+    assert loaded.demo_k == 3
+    assert [(d.fields, d.answer) for d in loaded.demonstrations] == [(d.fields, d.answer) for d in prompt.demonstrations]
+    predictor = Predictor(loaded, causal_lm)
+    assert set(predictor.predict(["good film", "slow plot"])) <= set(VERBALIZER)
+    assert predictor.render("slow plot").count("=>") == 4  # its 3 demonstrations, then the input
+    data = json.loads(path.read_text())
+    data["demo_k"] = len(prompt.demonstrations) + 1
+    path.write_text(json.dumps(data))
+    from autoprompt.errors import PromptFileError
+
+    with pytest.raises(PromptFileError, match="demo_k must be"):
+        read_prompt_file(path)
+
+
+def test_hybrid_resumes_in_its_trigger_stage(causal_lm, tmp_path, monkeypatch):
+    from autoprompt import trigger_search as trig
+
+    task = word_task()
+    cfg = TriggerSearchConfig(seed=0, steps=4, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=8)
+    real_step = trig._step
+    calls = {"n": 0}
+
+    def dies_in_step_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trig, "_step", dies_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(task, cfg, causal_lm, runs_dir=tmp_path / "runs", method="hybrid",
+                 template_config=config(tmp_path, trials=4), progress=False)
+    monkeypatch.setattr(trig, "_step", real_step)
+    run_dir = next((tmp_path / "runs").iterdir())
+    winner = json.loads((run_dir / "template_winner.json").read_text())
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 2
+    result = optimize(task, cfg, causal_lm, resume=run_dir, progress=False)
+    stages = [e.get("stage") for e in result.history]
+    assert stages.count("template") == 4  # the template stage was not run again
+    assert [e["step"] for e in result.history if e.get("stage") == "trigger"] == [0, 1, 2, 3, 4]
+    assert json.loads((run_dir / "template_winner.json").read_text()) == winner
+    assert read_prompt_file(result.prompt_file).search["choice"] == winner["choice"]
