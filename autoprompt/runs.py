@@ -4,6 +4,7 @@
         config.json        the full resolved config (seed included), written once
         log.jsonl          one JSON object per step or trial, appended and fsync'ed
         checkpoint.json    the search state after the last step (atomic)
+        study.db           a template search's Optuna study (unless --storage names a shared one)
         best.prompt.json   the best prompt so far (atomic)
         result.json        final metrics and state (finished / interrupted / failed)
 """
