@@ -89,12 +89,22 @@ def open_storage(url: str):
     if "://" not in url:
         raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
                               "or a journal file path ending in .log")
-    try:
-        return optuna.storages.RDBStorage(url)
-    except ImportError as exc:
-        raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
-    except Exception as exc:  # sqlalchemy: bad URL, server down, auth
-        raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            # workers started together race to create the schema in an empty database: the
+            # loser's CREATE fails on what the winner made; a moment later the tables are there
+            if attempt == 5:
+                raise AutoPromptError(f"storage {url!r}: could not create or open the Optuna tables") from None
+            time.sleep(0.5 * (attempt + 1))
+        except ImportError as exc:
+            raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+        except Exception as exc:  # sqlalchemy: bad URL, server down, auth
+            raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    raise AssertionError("unreachable")
 
 
 def study_storage(run: Run) -> str:
