@@ -100,10 +100,11 @@ def nearest_demonstrations(model: LanguageModel, prompt: Prompt, examples: list[
         cache[key] = embed_texts(model, [_example_text(d) for d in pool])
     pool_vectors = cache[key]
     similarity = embed_texts(model, [_example_text(e) for e in examples]) @ pool_vectors.T  # [n, pool]
-    for i, example in enumerate(examples):
-        for j, demo in enumerate(pool):
-            if demo.fields == example.fields:
-                similarity[i, j] = -float("inf")
+    in_pool: dict[str, list[int]] = {}
+    for j, demo in enumerate(pool):
+        in_pool.setdefault(json.dumps(demo.fields, sort_keys=True), []).append(j)
+    for i, example in enumerate(examples):  # an input that is in the pool is not its own demonstration
+        similarity[i, in_pool.get(json.dumps(example.fields, sort_keys=True), [])] = -float("inf")
     top = similarity.topk(prompt.demo_k, dim=1).indices.flip(1)  # ascending: the nearest comes last
     return [tuple(pool[j] for j in row) for row in top.tolist()]
 
