@@ -341,13 +341,13 @@ class _Queries:
             return 0
         first = self.sequences[0][1]
         length = min(min(len(ids) for _, ids in self.sequences), min(self.pos))  # queries stay after it
-        for _, ids in self.sequences[1:]:
-            n = 0
-            while n < length and ids[n] == first[n]:
-                n += 1
-            length = n
-            if length < min_length:
-                return 0
+        if length < min_length:
+            return 0
+        heads = np.array([ids[:length] for _, ids in self.sequences])  # [n, length]
+        differs = (heads != heads[0]).any(axis=0)
+        length = int(np.argmax(differs)) if differs.any() else length
+        if length < min_length:
+            return 0
         self.prefixes = [list(first[:length])]
         self.sequences = [(0, ids[length:]) for _, ids in self.sequences]
         self.pos = [p - length for p in self.pos]

@@ -240,3 +240,21 @@ def test_prefix_cache_gives_the_same_scores(causal_lm) -> None:
         p = prompt.with_triggers(triggers, ["x", "y"])
         np.testing.assert_allclose(score_labels(causal_lm, p, examples, prefix_cache=cache),
                                    score_labels(causal_lm, p, examples), atol=1e-5)
+
+
+def test_a_prefix_every_input_shares_is_encoded_once_with_the_same_scores(causal_lm, monkeypatch) -> None:
+    import autoprompt.scoring as scoring
+
+    prompt = Prompt(SST2, {"negative": ["negative", "bad"], "positive": ["positive"]}, fields=("text",),
+                    instruction="Read the movie review below and say whether it is positive or negative.")
+    shared = []
+    real = scoring._Queries.share_common_prefix
+    monkeypatch.setattr(scoring._Queries, "share_common_prefix", lambda self, *a: shared.append(real(self, *a)) or shared[-1])
+    with_sharing = score_labels(causal_lm, prompt, examples())
+    assert shared and shared[-1] >= scoring.COMMON_PREFIX_MIN  # the instruction and "Review:" went into one prefix
+    monkeypatch.setattr(scoring, "COMMON_PREFIX_MIN", 10**6)
+    monkeypatch.setattr(scoring._Queries, "share_common_prefix", lambda self, min_length=10**6: real(self, min_length))
+    without = score_labels(causal_lm, prompt, examples())
+    np.testing.assert_allclose(with_sharing, without, atol=1e-4)
+    # nothing to share: sequences that differ early are scored whole
+    assert scoring._Queries().share_common_prefix() == 0
