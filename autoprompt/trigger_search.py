@@ -197,7 +197,8 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
                      loss_kind: str) -> np.ndarray:
     """Mean task loss of each candidate on the examples, [n_candidates], all scored together."""
     if prompt.is_classification:
-        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates))  # [C, n, labels]
+        over = "labels" if loss_kind == "labels" else "vocab"  # labels: the head computes only their rows
+        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates, over=over))  # [C, n, labels]
         gold = torch.tensor([prompt.labels.index(e.answer) for e in examples]).repeat(len(candidates))
         losses = task_loss(scores.reshape(-1, scores.shape[-1]), gold, loss_kind)
         return losses.reshape(len(candidates), len(examples)).mean(dim=1).numpy()
