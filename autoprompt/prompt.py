@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from autoprompt.errors import TemplateError
 from autoprompt.task import Example
-from autoprompt.template import count_triggers, escape_literal, fill_template, parse_template
+from autoprompt.template import chat_wrap, count_triggers, escape_literal, fill_template, parse_template
 
 if TYPE_CHECKING:
     from autoprompt.task import Task
@@ -90,6 +90,18 @@ class Prompt:
         elif instruction:
             template = instruction + "\n" + template
         return template
+
+    def model_template(self, tokenizer=None) -> str:
+        """The template the model really reads: instruction, demonstrations and chat wrapping
+        (which needs the model's tokenizer) written in. With per-input demonstrations
+        (``demo_k`` > 0) it shows the first k of the pool."""
+        prompt = replace(self, demonstrations=self.demonstrations[: self.demo_k], demo_k=0) if self.demo_k else self
+        template = prompt.expanded_template()
+        if not prompt.chat:
+            return template
+        if tokenizer is None:
+            raise TemplateError("a chat prompt's template needs the model's tokenizer (its chat template)")
+        return chat_wrap(template, tokenizer)
 
     def demos_text(self) -> str:
         """The demonstrations rendered with the template itself, answers filled in."""
