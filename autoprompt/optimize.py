@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -15,7 +16,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.model import LanguageModel
 from autoprompt.predict import Predictor
 from autoprompt.prompt import Prompt
-from autoprompt.prompt_file import PromptFile, save_prompt_file
+from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic
 from autoprompt.report import PREDICTIONS_FORMAT, split_record, write_report
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
 from autoprompt.scoring import Evaluation, evaluate, render_template
@@ -117,6 +118,23 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
                         write_report(run, seed=config.seed))
 
 
+def optimize_seeds(task: Task, config: TriggerSearchConfig, model: LanguageModel, seeds: list[int], *,
+                   runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, **settings: Any) -> tuple[list[SearchResult], Path]:
+    """The same search once per seed, one run folder each; then their mean ± std of the dev and test
+    metric, written as <first run>-seeds.json and .md into ``runs_dir``. Returns the results and the json."""
+    from autoprompt.runs import seed_markdown, seed_summary
+
+    if not seeds:
+        raise AutoPromptError("give at least one seed")
+    results = [optimize(task, dataclasses.replace(config, seed=seed), model, runs_dir=runs_dir, **settings)
+               for seed in seeds]
+    summary = seed_summary([Run(r.run_dir) for r in results])
+    target = Path(runs_dir) / f"{results[0].run_dir.name}-seeds.json"
+    write_atomic(target, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(target.with_suffix(".md"), seed_markdown(summary))
+    return results, target
+
+
 def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: TemplateSearchConfig, model: LanguageModel, *,
                        runs_dir, resume, progress: bool, hybrid: bool) -> SearchResult:
     """The template search (and, for the hybrid, the trigger search inside its winner)."""
@@ -195,7 +213,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
                                               search=search), run.best_prompt_path)
     seconds = time.perf_counter() - started
     run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
-                                   "train_sample": train, "winner": stage,
+                                   "train_sample": train, "winner": stage, **({"steps": steps} if hybrid else {}),
                                    "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
                                    "template": prompt.template, "instruction": prompt.instruction,
                                    "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})

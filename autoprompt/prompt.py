@@ -105,12 +105,18 @@ class Prompt:
 
     def demos_text(self) -> str:
         """The demonstrations rendered with the template itself, answers filled in."""
-        demo_template = remove_triggers(self.template).replace("{instruction}", "").replace("{demos}", "")
-        shown = []
-        for demo in self.demonstrations:
-            word = (self.verbalizer or {}).get(demo.answer, [demo.answer])[0] if self.verbalizer else demo.answer
-            shown.append(fill_template(demo_template, demo.fields, answer=word).strip())
+        demo_template = self.demo_template()
+        shown = [fill_template(demo_template, demo.fields, answer=self.answer_word(demo.answer)).strip()
+                 for demo in self.demonstrations]
         return DEMO_SEPARATOR.join(shown)
+
+    def demo_template(self) -> str:
+        """The template a demonstration is written with: the prompt's own, without triggers."""
+        return remove_triggers(self.template).replace("{instruction}", "").replace("{demos}", "")
+
+    def answer_word(self, answer: str) -> str:
+        """How a demonstration's answer is shown: its label's first verbalizer word."""
+        return (self.verbalizer or {}).get(answer, [answer])[0] if self.verbalizer else answer
 
 
 def remove_triggers(template: str) -> str:

@@ -204,11 +204,15 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
     lines = [f"# Run {run.name}", "",
              f"task **{info['task']}** · method **{info['method']}** · model `{info['model']}` · "
              f"state **{info['state']}** · {info['work']} · {format_seconds(info['seconds'])} · seed {info['seed']}", ""]
-    lines += _prompt_section(run, predictions)
-    lines += [f"## Metrics: {metric}", "",
-              f"95% percentile bootstrap intervals ({N_RESAMPLES} resamples of the examples, seed {seed}; the gain's "
-              "interval pairs the two prompts on the same resamples). Baseline: the task's manual template. "
-              "Test was never used to choose.", ""]
+    lines += prompt_section(run, predictions)
+    lines += [f"## Metrics: {metric}", ""]
+    if predictions is None:
+        lines += ["This run has no predictions.json (it was made before runs saved them, or did not finish): "
+                  "the values of result.json, without intervals or a confusion matrix.", ""]
+    else:
+        lines += [f"95% percentile bootstrap intervals ({N_RESAMPLES} resamples of the examples, seed {seed}; the "
+                  "gain's interval pairs the two prompts on the same resamples). Train is a seeded sample. "
+                  "Baseline: the task's manual template. Test was never used to choose.", ""]
     lines += metrics_table(rows)
     warning = overfit_warning(rows)
     if warning:
@@ -238,10 +242,12 @@ def metrics_table(rows: list[SplitResult]) -> list[str]:
     return out
 
 
-def _prompt_section(run: Run, predictions: dict[str, Any] | None) -> list[str]:
+def prompt_section(run: Run, predictions: dict[str, Any] | None = None) -> list[str]:
+    """Markdown: the found prompt, its verbalizer and triggers, the prompt on one example, the baseline."""
+    predictions = predictions if predictions is not None else read_predictions(run)
     result = run.read_json("result.json") if (run.path / "result.json").exists() else {}
     prompt_file = run.read_json(run.best_prompt_path.name) if run.best_prompt_path.exists() else {}
-    text = (predictions or {}).get("prompt_text") or prompt_file.get("template") or result.get("template")
+    text = (predictions or {}).get("prompt_text") or _prompt_file_text(run) or result.get("template")
     lines = ["## The found prompt", ""]
     if not text:
         return lines + ["(no prompt saved)", ""]
@@ -268,6 +274,16 @@ def _prompt_section(run: Run, predictions: dict[str, Any] | None) -> list[str]:
     if predictions and predictions.get("baseline_text"):
         lines += ["", "Baseline (the task's manual template):", "", "```text", predictions["baseline_text"], "```"]
     return lines + [""]
+
+
+def _prompt_file_text(run: Run) -> str | None:
+    """The template of the run's prompt file with instruction and demonstrations written in
+    (chat wrapping needs the tokenizer: the prompt line below says it is wrapped)."""
+    from autoprompt.prompt_file import read_prompt_file
+
+    if not run.best_prompt_path.exists():
+        return None
+    return read_prompt_file(run.best_prompt_path).prompt.expanded_template()
 
 
 def _confusion_section(run: Run, predictions: dict[str, Any] | None, report_plots) -> list[str]:

@@ -161,7 +161,8 @@ def _optuna_pngs(run: Run, folder: Path) -> list[str]:
             log.info("%s: %s needs %d complete trials", run.name, name, needed)
             continue
         try:
-            with warnings.catch_warnings():
+            # rc_context: Optuna sets a pyplot style, which must not leak into later figures
+            with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 ax = plot(study)
             fig = np.ravel(ax)[0].figure

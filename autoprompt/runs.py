@@ -176,8 +176,9 @@ def _work(run: Run, result: dict[str, Any]) -> tuple[int | None, int | None]:
     steps = trials = None
     if method in ("trigger", "hybrid"):
         steps = result.get("steps")
-        if steps is None and method == "trigger":
-            steps = max((e.get("step", 0) for e in run.events() if "step" in e), default=0)
+        if steps is None:
+            steps = max((e["step"] for e in run.events() if "step" in e and e.get("stage", "trigger") == "trigger"),
+                        default=0)
     if method in ("template", "hybrid"):
         counts = result.get("trials")
         trials = (sum(v for k, v in counts.items() if k != "failed") if isinstance(counts, dict)
