@@ -51,7 +51,11 @@ def export_prompt(source: str | os.PathLike, fmt: str, *, runs_dir: str | os.Pat
         return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     from autoprompt.task import load_task
 
-    return promptfoo_config(pf, tokenizer, load_task(task or task_spec), source=str(source))
+    try:
+        the_task = load_task(task or task_spec)
+    except AutoPromptError as exc:
+        raise type(exc)(f"{exc} (the promptfoo export takes its test cases from the task: pass --task)") from None
+    return promptfoo_config(pf, tokenizer, the_task, source=str(source))
 
 
 def _read_source(source: str | os.PathLike, runs_dir) -> tuple[PromptFile, str]:
