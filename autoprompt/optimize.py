@@ -115,7 +115,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
                                    "search_seconds": round(state.seconds, 1), "seconds": round(seconds, 1),
                                    "triggers": list(prompt.trigger_tokens), "template": prompt.template})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
-                        write_report(run, seed=config.seed))
+                        write_report(run))
 
 
 def optimize_seeds(task: Task, config: TriggerSearchConfig, model: LanguageModel, seeds: list[int], *,
@@ -218,7 +218,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
                                    "template": prompt.template, "instruction": prompt.instruction,
                                    "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
-                        write_report(run, seed=config.seed))
+                        write_report(run))
 
 
 def _reopen(resume, task: Task, model: LanguageModel) -> tuple[Run, dict[str, Any]]:

@@ -193,7 +193,8 @@ def run_metric(run: Run) -> str | None:
 # --- report.md --------------------------------------------------------------------------------
 
 def write_report(run: Run, *, seed: int = 0) -> Path:
-    """Write report.md and its PNGs into the run folder (atomically); returns report.md's path."""
+    """Write report.md and its PNGs into the run folder (atomically); returns report.md's path.
+    ``seed``: the bootstrap's (the same for every run, so reports of runs compare)."""
     from autoprompt import report_plots
     from autoprompt.runs import summary
 
@@ -220,12 +221,13 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
         lines += ["", f"> **Warning:** {warning}."]
     if report_plots.metrics_png(rows, metric, run.path / "metrics.png"):
         lines += ["", "![metrics](metrics.png)"]
-    lines += ["", *_confusion_section(run, predictions, report_plots)]
+    lines += ["", *_confusion_section(run, predictions)]
     lines += ["## Optimization history", ""]
     pictures = report_plots.history_pngs(run, run.events(), run.path)
     lines += [f"![{name}]({name})" for name in pictures] or ["(nothing logged)"]
     lines += ["", "## Files", ""]
-    lines += [f"- `{p.name}`" for p in sorted(run.path.iterdir()) if not p.name.startswith(".")] + ["- `report.md`"]
+    lines += [f"- `{p.name}`" for p in sorted(run.path.iterdir())
+              if not p.name.startswith(".") and p.name != "report.md"] + ["- `report.md`"]
     target = run.path / "report.md"
     write_atomic(target, "\n".join(lines) + "\n")
     return target
@@ -286,7 +288,9 @@ def _prompt_file_text(run: Run) -> str | None:
     return read_prompt_file(run.best_prompt_path).prompt.expanded_template()
 
 
-def _confusion_section(run: Run, predictions: dict[str, Any] | None, report_plots) -> list[str]:
+def _confusion_section(run: Run, predictions: dict[str, Any] | None) -> list[str]:
+    from autoprompt.report_plots import confusion_png
+
     labels = (predictions or {}).get("labels")
     split = next((s for s in ("test", "dev") if s in (predictions or {}).get("splits", {})), None)
     if not labels or split is None:
@@ -297,7 +301,7 @@ def _confusion_section(run: Run, predictions: dict[str, Any] | None, report_plot
              "| gold \\ predicted | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     lines += [f"| **{label}** | " + " | ".join(str(int(c)) for c in row) + " |" for label, row in zip(labels, counts, strict=True)]
     name = f"confusion_{split}.png"
-    report_plots.confusion_png(counts, labels, split, run.path / name)
+    confusion_png(counts, labels, split, run.path / name)
     return [*lines, "", f"![confusion matrix]({name})", ""]
 
 

@@ -160,6 +160,8 @@ def test_runs_report_rebuilds_from_files_without_the_model(runs: dict, monkeypat
     monkeypatch.setattr(autoprompt.model, "load_model", no_model)
     run = runs["trigger"]
     before = (run / "report.md").read_text(encoding="utf-8")
+    invoke("runs", "report", run)  # over an existing report
+    assert (run / "report.md").read_text(encoding="utf-8") == before
     for name in ("report.md", "metrics.png", "history.png", "confusion_test.png"):
         (run / name).unlink()
     invoke("runs", "report", run)
