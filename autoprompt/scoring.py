@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt.errors import TemplateError
-from autoprompt.template import Encoded, chat_wrap
+from autoprompt.template import Encoded
 
 if TYPE_CHECKING:
     from autoprompt.model import LanguageModel
@@ -47,10 +47,7 @@ class Evaluation:
 def render_template(model: LanguageModel, prompt: Prompt) -> str:
     """The template the model really reads: instruction, demos and chat wrapping written in.
     (With per-input demonstrations, ``demo_k`` > 0, it shows the first k of the pool.)"""
-    if prompt.demo_k:
-        prompt = replace(prompt, demonstrations=prompt.demonstrations[: prompt.demo_k], demo_k=0)
-    template = prompt.expanded_template()
-    return chat_wrap(template, model.tokenizer) if prompt.chat else template
+    return prompt.model_template(model.tokenizer)
 
 
 def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[Encoded]:
