@@ -421,6 +421,38 @@ def dashboard(run: str, host: str, port: int) -> None:
     run_server(open_storage(url), host=host, port=port)
 
 
+@main.command()
+@click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
+@click.option("--task", "task_spec", default="sst2", show_default=True, help="A classification task (name or file).")
+@click.option("--candidates", type=click.IntRange(min=2), default=17, show_default=True,
+              help="Trigger sequences scored per example (a default step: the current one and top_k=16 swaps).")
+@click.option("--examples", type=click.IntRange(min=1), default=32, show_default=True, help="Examples each is scored on.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Engine/naive pairs, interleaved, each swapping another trigger slot.")
+@click.option("--no-naive", is_flag=True, help="Skip the naive reference (it takes most of the time).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON to this file.")
+@_model_options
+def bench(model: str | None, task_spec: str, candidates: int, examples: int, rounds: int, no_naive: bool, seed: int,
+          as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+    """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
+    from autoprompt.bench import BenchConfig, format_table, run_bench
+    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.prompt_file import write_atomic
+    from autoprompt.task import load_task
+
+    task = load_task(task_spec)
+    if not task.is_classification:
+        raise AutoPromptError(f"{task.name}: bench measures a classification task's trigger step (e.g. sst2)")
+    lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    cfg = BenchConfig(candidates=candidates, examples=examples, rounds=rounds, naive=not no_naive, seed=seed)
+    result = run_bench(lm, task, cfg, progress=lambda msg: log.info("bench: %s", msg))
+    if output:
+        write_atomic(Path(output), json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
 from autoprompt.cli_runs import export, runs  # noqa: E402 - registered after main exists
 
 main.add_command(runs)

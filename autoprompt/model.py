@@ -82,6 +82,19 @@ class LanguageModel(ABC):
         log.warning("out of memory on %s: batches of %d tokens from now on", self.device, self.batch_tokens)
         return self.batch_tokens
 
+    def with_dtype(self, dtype: torch.dtype) -> LanguageModel:
+        """This model with its weights in another dtype (a copy, made once and kept); itself if the same."""
+        if dtype == self.dtype:
+            return self
+        copies = self.__dict__.setdefault("_dtype_copies", {})
+        if dtype not in copies:
+            import copy
+
+            twin = type(self)(copy.deepcopy(self.hf_model).to(dtype), self.tokenizer, name=self.name, source=self.source)
+            twin.batch_tokens = self.batch_tokens
+            copies[dtype] = twin
+        return copies[dtype]
+
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device

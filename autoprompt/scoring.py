@@ -396,10 +396,9 @@ class _Queries:
                 try:
                     past = prefix_kv.inputs(prefix_rows, mask) if prefix_rows[0] >= 0 else {"attention_mask": mask}
                     log_probs = model.log_probs_at(ids, rows=rows, positions=positions, vocab_rows=vocab_rows, **past)
-                except torch.cuda.OutOfMemoryError:
-                    if model.device.type != "cuda" or len(batch) == 1:
+                except torch.cuda.OutOfMemoryError:  # raised on CUDA only
+                    if len(batch) == 1:
                         raise
-                    del past
                     torch.cuda.empty_cache()
                     budget = budget // 2 if explicit else model.halve_batch()
                     left = batch + [s for b in pending for s in b]  # the rest, packed again smaller
