@@ -150,9 +150,18 @@ class LanguageModel(ABC):
         params = inspect.signature(self.hf_model.base_model.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
-    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim]."""
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                     past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     position_ids: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim].
+        With ``past`` (an earlier head's cache) they continue it and include it."""
+        kwargs = {}
+        if past is not None:
+            from transformers import DynamicCache
+
+            kwargs[self._cache_argument] = DynamicCache(ddp_cache_data=past)
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=True, **kwargs)
         cache = getattr(out, "cache", None)
         cache = out.past_key_values if cache is None else cache
         return [(layer.keys, layer.values) for layer in cache.layers]

@@ -442,9 +442,20 @@ class PrefixCache:
         self.lengths = torch.tensor([len(p) for p in prefixes], device=model.device)
         self.mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=model.device)
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for batch in pack_batches([len(p) for p in prefixes], batch_tokens or model.batch_tokens):
-            ids, mask = pad_right([prefixes[i] for i in batch], model.pad_id, model.device)
-            kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
+        head = common_head(prefixes)  # instruction and demonstrations every prefix starts with: encoded once
+        head_kv = _head_cache(model, prefixes[0][:head]) if head else None
+        for batch in pack_batches([len(p) - head for p in prefixes], batch_tokens or model.batch_tokens):
+            ids, mask = pad_right([prefixes[i][head:] for i in batch], model.pad_id, model.device)
+            if head_kv is None:
+                kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
+            else:
+                rows = len(batch)
+                past = [(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous())
+                        for k, v in head_kv]
+                positions = head + torch.arange(ids.shape[1], device=model.device)[None, :].expand(rows, -1)
+                full_mask = torch.cat([torch.ones(rows, head, dtype=mask.dtype, device=mask.device), mask], dim=1)
+                kv = model.prefix_cache(ids, full_mask, past=past, position_ids=positions)
+                mask = full_mask
             if not self.layers:
                 self.layers = [tuple(torch.zeros((len(prefixes), k.shape[1], width, k.shape[3]), dtype=k.dtype,
                                                  device=k.device) for _ in range(2)) for k, _ in kv]
@@ -471,6 +482,34 @@ class PrefixCache:
         past = [(k[index], v[index]) for k, v in self.layers]
         position_ids = self.lengths[index][:, None] + torch.arange(mask.shape[1], device=mask.device)[None, :]
         return {"past": past, "attention_mask": torch.cat([self.mask[index], mask], dim=1), "position_ids": position_ids}
+
+
+def common_head(prefixes: list[list[int]], min_length: int = COMMON_PREFIX_MIN) -> int:
+    """Length of the tokens every prefix starts with, short of the shortest prefix (0: fewer
+    than ``min_length``, or a single prefix)."""
+    if len(prefixes) < 2:
+        return 0
+    length = min(len(p) for p in prefixes) - 1  # every prefix keeps a token of its own
+    if length < min_length:
+        return 0
+    heads = np.array([p[:length] for p in prefixes])
+    differs = (heads != heads[0]).any(axis=0)
+    length = int(np.argmax(differs)) if differs.any() else length
+    return length if length >= min_length else 0
+
+
+def _head_cache(model: LanguageModel, head: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The KV cache of one shared head, [1, kv_heads, len, head_dim] per layer; the last one is
+    kept on the model, so a search that keeps its demonstrations encodes them once."""
+    key = (tuple(head), model.dtype)
+    kept = model.__dict__.get("_head_kv")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    ids = torch.as_tensor([head], device=model.device)
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: the gradient's forward reads them too
+        kv = [(k.clone(), v.clone()) for k, v in model.prefix_cache(ids, torch.ones_like(ids))]
+    model.__dict__["_head_kv"] = (key, kv)
+    return kv
 
 
 def pack_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:

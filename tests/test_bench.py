@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -185,3 +186,29 @@ def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> Non
     assert all(d == torch.float32 for kind, d in calls if kind == "dev")  # ... and confirms and checks in fp32
     assert ts.ranking_model(causal_lm, TriggerSearchConfig(rank_dtype="fp32")) is causal_lm
     assert ts.ranking_model(causal_lm, cfg) is causal_lm.with_dtype(torch.bfloat16)  # one copy, kept
+
+
+def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, monkeypatch) -> None:
+    """With an instruction and demonstrations every example starts with, that head's KV cache is
+    computed once (kept on the model) and continued per example: candidate losses still equal
+    the naive reference, and the gradient equals the one computed without the head cache."""
+    from autoprompt import scoring
+    from autoprompt.trigger_search import trigger_gradient
+
+    task = toy_task()
+    demos = tuple(task.examples("train")[:2])
+    prompt, examples, candidates = step_workload(causal_lm, task)
+    prompt = dataclasses.replace(prompt, instruction="Say if the review is positive or negative.",
+                                 demonstrations=demos)
+    heads = []
+    real = scoring._head_cache
+    monkeypatch.setattr(scoring, "_head_cache", lambda m, h: heads.append(len(h)) or real(m, h))
+    engine = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
+    assert heads and heads[0] >= 20  # instruction + two demonstrations
+    np.testing.assert_allclose(engine, bench.naive_candidate_losses(causal_lm, prompt, examples, candidates), atol=1e-5)
+    with_head = trigger_gradient(causal_lm, prompt, examples, "labels")
+    monkeypatch.setattr(scoring, "COMMON_PREFIX_MIN", 10_000)
+    monkeypatch.setattr(scoring.common_head, "__defaults__", (10_000,))
+    without = trigger_gradient(causal_lm, prompt, examples, "labels")
+    torch.testing.assert_close(with_head, without, atol=1e-4, rtol=1e-4)
+    assert len(heads) >= 2  # the gradient used the head cache too (first call above)
