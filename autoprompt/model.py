@@ -132,9 +132,20 @@ class LanguageModel(ABC):
     def hidden_states(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
                       inputs_embeds: torch.Tensor | None = None,
                       past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                      position_ids: torch.Tensor | None = None, prefix=None) -> torch.Tensor:
         """Last hidden states, [batch, seq, hidden] (final norm applied); ``past`` is a prefix's
-        per-layer (keys, values) and ``attention_mask`` then covers prefix and ids."""
+        per-layer (keys, values) and ``attention_mask`` then covers prefix and ids. ``prefix``
+        is (PrefixCache, row index): the cached prefix each row continues, read in place where
+        the architecture allows (``autoprompt.attention``), else copied into ``past``."""
+        if prefix is not None:
+            from autoprompt import attention
+
+            cache, index = prefix
+            if attention.supported(self):
+                return attention.prefix_forward(self, cache.layers, cache.mask, index, input_ids, attention_mask,
+                                                position_ids, inputs_embeds)
+            past = [(k[index], v[index]) for k, v in cache.layers]
+            attention_mask = torch.cat([cache.mask[index], attention_mask], dim=1)
         kwargs = {}
         if past is not None:
             from transformers import DynamicCache

@@ -423,11 +423,18 @@ class _Queries:
 
     def _batches(self, batch_tokens: int) -> list[list[int]]:
         """Sequences with and without a prefix never share a batch."""
-        groups = [[i for i, (p, _) in enumerate(self.sequences) if (p >= 0) == flag] for flag in (True, False)]
+        with_prefix = sorted((i for i, (p, _) in enumerate(self.sequences) if p >= 0), key=lambda i: self.sequences[i][0])
+        without = [i for i, (p, _) in enumerate(self.sequences) if p < 0]
         batches = []
-        for group in groups:
+        for group in (with_prefix, without):
             lengths = [len(self.sequences[i][1]) for i in group]
-            batches += [[group[k] for k in b] for b in pack_batches(lengths, batch_tokens, max_rows=MAX_ROWS)]
+            max_rows = MAX_ROWS
+            runs = np.unique([self.sequences[i][0] for i in group], return_counts=True)[1] if group is with_prefix else []
+            if len(runs) and (runs == runs[0]).all() and len(set(lengths)) == 1:
+                # whole runs of rows continuing one prefix per batch: attention reads that prefix once
+                per = int(runs[0])
+                max_rows = max(per, min(MAX_ROWS, batch_tokens // max(lengths[0], 1)) // per * per)
+            batches += [[group[k] for k in b] for b in pack_batches(lengths, batch_tokens, max_rows=max_rows)]
         return batches
 
 
@@ -478,10 +485,8 @@ class PrefixCache:
     def inputs(self, prefix_rows: list[int], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward arguments for continuations of the given prefixes ([batch, len] mask)."""
         index = torch.as_tensor(prefix_rows, device=self.model.device)
-        # a fresh copy per batch: a forward mutates the cache it is given
-        past = [(k[index], v[index]) for k, v in self.layers]
         position_ids = self.lengths[index][:, None] + torch.arange(mask.shape[1], device=mask.device)[None, :]
-        return {"past": past, "attention_mask": torch.cat([self.mask[index], mask], dim=1), "position_ids": position_ids}
+        return {"prefix": (self, index), "attention_mask": mask, "position_ids": position_ids}
 
 
 def common_head(prefixes: list[list[int]], min_length: int = COMMON_PREFIX_MIN) -> int:

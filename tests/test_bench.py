@@ -212,3 +212,22 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
     without = trigger_gradient(causal_lm, prompt, examples, "labels")
     torch.testing.assert_close(with_head, without, atol=1e-4, rtol=1e-4)
     assert len(heads) >= 2  # the gradient used the head cache too (first call above)
+
+
+def test_prefix_attention_in_place_equals_the_copying_path(causal_lm, monkeypatch) -> None:
+    """Rows grouped in equal runs per prefix, rows in any order, and Hugging Face's own cache
+    path (a copy of the prefix per row) give the same losses."""
+    from autoprompt import attention
+
+    prompt, examples, candidates = step_workload(causal_lm, toy_task(), slot=2)
+    runs = []
+    real_runs = attention._runs
+    monkeypatch.setattr(attention, "_runs", lambda rows: runs.append(real_runs(rows)[1]) or real_runs(rows))
+    grouped = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
+    assert runs and all(r == len(candidates) for r in runs)  # whole runs of candidates per example
+    monkeypatch.setattr(attention, "_runs", lambda rows: (None, 0))  # per-row gather of the prefix
+    gathered = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
+    monkeypatch.setattr(attention, "supported", lambda model: False)  # transformers' DynamicCache copies
+    copied = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
+    np.testing.assert_allclose(grouped, copied, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(gathered, copied, atol=1e-5, rtol=0)
