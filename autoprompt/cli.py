@@ -38,6 +38,10 @@ class _Group(click.Group):
             message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:  # a bad flag: the same one line, not click's usage block
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

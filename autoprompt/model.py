@@ -94,7 +94,14 @@ class LanguageModel(ABC):
     @cached_property
     def renderer(self) -> TemplateRenderer:
         """Renders templates to ids for this tokenizer (caches literal pieces)."""
-        return TemplateRenderer(self.tokenizer, causal=self.is_causal)
+        return TemplateRenderer(self.tokenizer, causal=self.is_causal, max_length=self.max_length)
+
+    @cached_property
+    def max_length(self) -> int | None:
+        """The most tokens the model reads at once (its position embeddings), where its config says."""
+        config = self.hf_model.config
+        n = getattr(getattr(config, "get_text_config", lambda: config)(), "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
 
     @cached_property
     def tokenizer_fingerprint(self) -> str:

@@ -18,7 +18,7 @@ from autoprompt.runs import DEFAULT_RUNS_DIR, Run
 from autoprompt.scoring import evaluate
 from autoprompt.task import Task
 from autoprompt.template_search import TemplateSearchConfig, build_prompt, study_storage, template_search
-from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, initial_prompt, trigger_search
+from autoprompt.trigger_search import TriggerSearchConfig, initial_prompt, read_checkpoint, trigger_search
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
         if saved.get("verbalizer") is not None:
             task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
-        state = TriggerState(**run.read_json("checkpoint.json")) if (run.path / "checkpoint.json").exists() else None
+        state = read_checkpoint(run)
         if state is not None:  # drop events logged after the checkpoint
             run.truncate_log(sum(1 for e in run.events() if e.get("step", 0) <= state.step))
         log.info("resuming %s at step %d", run.path, state.step if state else 0)
@@ -150,9 +150,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
         if hybrid:
             n = max(tpl["space"].triggers) or config.n_triggers
             base = build_prompt(model, task, tpl["space"], tpl["choice"], seed=config.seed, n_triggers=n)
-            state = None
-            if resume is not None and (run.path / "checkpoint.json").exists():
-                state = TriggerState(**run.read_json("checkpoint.json"))
+            state = read_checkpoint(run) if resume is not None else None
             found, state = trigger_search(model, task, config, run=_Stage(run, "trigger"), state=state,
                                           progress=progress, base=base)
             steps = state.step
@@ -227,9 +225,9 @@ class _Stage:
 
 def _save_best_so_far(run: Run, model: LanguageModel, task: Task, config: TriggerSearchConfig) -> None:
     """On Ctrl-C: the best prompt of the last checkpoint becomes the run's prompt file (dev metrics only)."""
-    if not (run.path / "checkpoint.json").exists():
+    state = read_checkpoint(run)
+    if state is None:
         return
-    state = TriggerState(**run.read_json("checkpoint.json"))
     base = initial_prompt(model, task, config)
     prompt = base.with_triggers(state.best_trigger_ids, [model.tokenizer.decode([i]) for i in state.best_trigger_ids])
     save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric,

@@ -137,7 +137,7 @@ def from_json(data: Any) -> PromptFile:
     _check(not isinstance(demo_k, bool) and 0 <= demo_k <= len(demos),
            f"demo_k must be 0..{len(demos)} (the number of demonstrations), not {demo_k!r}")
     calibration = _typed(data.get("calibration", []), list, "calibration")
-    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in calibration),
+    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in calibration),
            "calibration must be a list of finite numbers")
     _check(not calibration or len(calibration) == len(verbalizer or {}),
            f"calibration has {len(calibration)} values but the verbalizer {len(verbalizer or {})} labels")
@@ -165,6 +165,13 @@ def from_json(data: Any) -> PromptFile:
                       search=_typed(data.get("search", {}), dict, "search"),
                       created=_typed(data.get("created", ""), str, "created"),
                       autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too big for a float
+        return False
 
 
 def _check(ok: bool, message: str) -> None:

@@ -85,7 +85,10 @@ def open_storage(url: str):
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        except OSError as exc:
+            raise AutoPromptError(f"storage {url!r}: cannot open the journal file ({exc.strerror or exc})") from None
     if "://" not in url:
         raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
                               "or a journal file path ending in .log")
