@@ -199,11 +199,25 @@ def write_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that does not sync folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
