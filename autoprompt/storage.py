@@ -55,6 +55,8 @@ def open_storage(url: str, *, heartbeat: int | None = None):
                                          "heartbeat_stale_trial_callback": rerun_stale_trial}
     if url.startswith("sqlite"):  # several workers (and heartbeat threads) wait their turn to write
         options["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):  # a server that cannot be reached is an error, not a hang
+        options["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}}
     for attempt in range(6):
         try:
             with warnings.catch_warnings():
