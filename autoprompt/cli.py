@@ -214,20 +214,25 @@ def _config_options(cls):
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue this run folder.")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True)
 @click.option("--search-labels", is_flag=True, help="First search label words; use the best one per label.")
+@click.option("--seeds", default=None, help="Run the search once per seed (e.g. 0,1,2), one run folder each, and "
+              "report mean ± std; the summary goes to RUNS_DIR/<first run>-seeds.json and .md.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @_model_options
 @_config_options(__import__("autoprompt.trigger_search", fromlist=["TriggerSearchConfig"]).TriggerSearchConfig)
 @_config_options(__import__("autoprompt.template_search", fromlist=["TemplateSearchConfig"]).TemplateSearchConfig)
 def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, search_labels: bool,
-             as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool, **settings) -> None:
+             seeds: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool,
+             **settings) -> None:
     """Search for a better prompt for TASK and save it in a run folder."""
     from autoprompt.model import DEFAULT_MODEL, load_model
     from autoprompt.optimize import optimize as run_optimize
+    from autoprompt.optimize import optimize_seeds
     from autoprompt.runs import Run
     from autoprompt.task import load_task
     from autoprompt.template_search import TemplateSearchConfig
     from autoprompt.trigger_search import TriggerSearchConfig
 
+    seed_list = _parse_seeds(seeds, settings.get("seed"), resume) if seeds is not None else None
     the_task = load_task(task)
     if resume is not None:
         saved = Run.open(resume).config()
@@ -242,15 +247,14 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
 
         load_space(template_config.space).for_task(the_task)  # a bad space fails before the model loads
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = run_optimize(the_task, config, lm, runs_dir=runs_dir, resume=resume, search_labels=search_labels,
-                          progress=True, method=method, template_config=template_config)
-    report = {"task": the_task.name, "method": method, "model": lm.name, "run": str(result.run_dir),
-              "prompt_file": str(result.prompt_file), "template": result.prompt.template,
-              "instruction": result.prompt.instruction, "demonstrations": len(result.prompt.demonstrations),
-              "chat": result.prompt.chat, "calibrated": bool(result.prompt.calibration),
-              "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
-              "metrics": result.metrics,
-              "baseline": result.baseline, "seconds": round(result.seconds, 1)}
+    options = {"runs_dir": runs_dir, "search_labels": search_labels, "progress": True, "method": method,
+               "template_config": template_config}
+    if seed_list is not None:
+        results, summary_path = optimize_seeds(the_task, config, lm, seed_list, **options)
+        _print_seeds(results, summary_path, the_task, method, lm.name, as_json)
+        return
+    result = run_optimize(the_task, config, lm, resume=resume, **options)
+    report = _result_report(result, the_task, method, lm.name)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -263,11 +267,57 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
             click.echo(f"verbalizer: {p.verbalizer}")
     if result.prompt.trigger_tokens:
         click.echo(f"triggers: {list(result.prompt.trigger_tokens)}")
+    if result.train:
+        click.echo(f"  train {metric}: {result.train['metrics'][metric]:.4f}  (manual template: "
+                   f"{result.train['baseline'][metric]:.4f}; {result.train['examples']} examples)")
     for split in result.metrics:
         click.echo(f"  {split:>5} {metric}: {result.metrics[split][metric]:.4f}  "
                    f"(manual template: {result.baseline[split][metric]:.4f})")
     click.echo(f"run folder: {result.run_dir}")
     click.echo(f"prompt file: {result.prompt_file}")
+    click.echo(f"report: {result.report}")
+
+
+def _parse_seeds(text: str, seed: int | None, resume: str | None) -> list[int]:
+    if seed is not None or resume is not None:
+        raise AutoPromptError(f"--seeds cannot go with {'--seed' if seed is not None else '--resume'}")
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise AutoPromptError(f"--seeds {text!r}: expected distinct seeds >= 0 separated by commas, e.g. 0,1,2")
+    return seeds
+
+
+def _result_report(result, task, method: str, model: str) -> dict:
+    """What optimize --json prints of a run."""
+    return {"task": task.name, "method": method, "model": model, "run": str(result.run_dir),
+            "prompt_file": str(result.prompt_file), "template": result.prompt.template,
+            "instruction": result.prompt.instruction, "demonstrations": len(result.prompt.demonstrations),
+            "chat": result.prompt.chat, "calibrated": bool(result.prompt.calibration),
+            "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
+            "metrics": result.metrics, "baseline": result.baseline, "train": result.train,
+            "report": str(result.report), "seconds": round(result.seconds, 1)}
+
+
+def _print_seeds(results, summary_path: Path, task, method: str, model: str, as_json: bool) -> None:
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps({"summary": summary, "summary_file": str(summary_path),
+                               "runs": [_result_report(r, task, method, model) for r in results]}))
+        return
+    from autoprompt.report import format_value
+
+    metric = task.metric
+    for row, result in zip(summary["runs"], results, strict=True):
+        click.echo(f"seed {row['seed']}: dev {metric} {format_value(row['dev'])}, test {format_value(row['test'])}"
+                   f"  ({result.run_dir})")
+    for split in ("dev", "test"):
+        if split in summary:
+            click.echo(f"  {split:>4} {metric}: {summary[split]['mean']:.4f} ± {summary[split]['std']:.4f} "
+                       f"(mean ± std over {summary[split]['n']} seeds)")
+    click.echo(f"summary: {summary_path} and {summary_path.with_suffix('.md')}")
 
 
 @main.command()
@@ -400,6 +450,43 @@ def dashboard(run: str, host: str, port: int) -> None:
     click.echo(f"study storage: {url}; dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
     run_server(open_storage(url), host=host, port=port)
 
+
+@main.command()
+@click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
+@click.option("--task", "task_spec", default="sst2", show_default=True, help="A classification task (name or file).")
+@click.option("--candidates", type=click.IntRange(min=2), default=17, show_default=True,
+              help="Trigger sequences scored per example (a default step: the current one and top_k=16 swaps).")
+@click.option("--examples", type=click.IntRange(min=1), default=32, show_default=True, help="Examples each is scored on.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Engine/naive pairs, interleaved, each swapping another trigger slot.")
+@click.option("--no-naive", is_flag=True, help="Skip the naive reference (it takes most of the time).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON to this file.")
+@_model_options
+def bench(model: str | None, task_spec: str, candidates: int, examples: int, rounds: int, no_naive: bool, seed: int,
+          as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+    """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
+    from autoprompt.bench import BenchConfig, format_table, run_bench
+    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.prompt_file import write_atomic
+    from autoprompt.task import load_task
+
+    task = load_task(task_spec)
+    if not task.is_classification:
+        raise AutoPromptError(f"{task.name}: bench measures a classification task's trigger step (e.g. sst2)")
+    lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    cfg = BenchConfig(candidates=candidates, examples=examples, rounds=rounds, naive=not no_naive, seed=seed)
+    result = run_bench(lm, task, cfg, progress=lambda msg: log.info("bench: %s", msg))
+    if output:
+        write_atomic(Path(output), json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+from autoprompt.cli_runs import export, runs  # noqa: E402 - registered after main exists
+
+main.add_command(runs)
+main.add_command(export)
 
 if __name__ == "__main__":
     main()

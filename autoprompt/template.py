@@ -102,20 +102,36 @@ def fill_template(template: str, values: dict[str, str], *, answer: str | None =
     Spacing follows the same rule as token rendering, so ``answer=None`` gives exactly the
     text a causal LM reads before its answer."""
     out: list[str] = []
+    for kind, value in text_pieces(template, triggers=triggers, answer=answer):
+        if kind == "field":
+            if value not in values:
+                raise TemplateError(f"template field {{{value}}} has no value; given: {', '.join(sorted(values)) or 'none'}")
+            out.append(values[value])
+        elif kind == "text":
+            out.append(value)
+    return "".join(out)
+
+
+def text_pieces(template: str, *, triggers: list[str] | None = None,
+                answer: str | None = None) -> list[tuple[str, str]]:
+    """The text a template renders to, in pieces: ("text", literal) with the spacing rule applied,
+    ("field", name), and ("answer", "") where [P] is when no ``answer`` is given. Triggers are
+    written as their text ("[T]" when not given); a given answer is spaced like the model reads it."""
+    pieces: list[tuple[str, str]] = []
     trigger_texts = iter(triggers or [])
     segments = parse_template(template)
     for i, seg in enumerate(segments):
         if seg.kind == "text":
-            out.append(_literal_text(segments, i))
+            pieces.append(("text", _literal_text(segments, i)))
         elif seg.kind == "field":
-            if seg.value not in values:
-                raise TemplateError(f"template field {{{seg.value}}} has no value; given: {', '.join(sorted(values)) or 'none'}")
-            out.append(values[seg.value])
+            pieces.append(("field", seg.value))
         elif seg.kind == "trigger":
-            out.append(next(trigger_texts, "[T]"))
+            pieces.append(("text", next(trigger_texts, "[T]")))
         elif answer is not None:
-            out.append(spaced_answer(answer, text_before_answer(template)))
-    return "".join(out)
+            pieces.append(("text", spaced_answer(answer, text_before_answer(template))))
+        else:
+            pieces.append(("answer", ""))
+    return pieces
 
 
 def _literal_text(segments: tuple[Segment, ...], i: int) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt, remove_triggers
 from autoprompt.scoring import (
+    Evaluation,
     accuracy,
     content_free_calibration,
     evaluate,
@@ -87,9 +88,20 @@ class TemplateResult:
     dev: dict[str, float]  # the winner's metrics on all of dev
     trials: dict[str, int]  # complete / pruned / duplicate / failed counts
     space: SearchSpace = field(repr=False, default=None)
+    dev_evaluation: Evaluation | None = field(repr=False, default=None)  # the winner on all of dev
 
 
 # --- storage and study ----------------------------------------------------------------------
+
+def study_name(run: Run) -> str:
+    """The study of a run in its storage: --study-name; else, on a shared storage, one name every
+    worker of the task agrees on; else the run folder's name (its own study.db)."""
+    config = run.config()
+    tconfig = config.get("template_search") or {}
+    if tconfig.get("study_name"):
+        return tconfig["study_name"]
+    return f"{config.get('task')}-template" if tconfig.get("storage") else run.name
+
 
 def make_sampler(name: str, seed: int):
     import optuna
@@ -387,16 +399,17 @@ def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: Te
     for t in done[: max(1, cfg.rescore_top)]:
         choice = Choice.from_params(t.params, space)
         prompt = build_prompt(model, task, space, choice, seed=seed)
-        metrics = evaluate(model, prompt, dev, metric=task.metric).metrics
+        evaluation = evaluate(model, prompt, dev, metric=task.metric)
+        metrics = evaluation.metrics
         if run is not None:
             run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value, "dev": metrics[task.metric]})
         key = (metrics[task.metric], t.value)
         if best is None or key > best[0]:
-            best = (key, prompt, choice, metrics)
+            best = (key, prompt, choice, evaluation)
         if full_dev:  # trials already saw all of dev: the best trial is the winner
             break
-    _, prompt, choice, metrics = best
-    return TemplateResult(prompt, choice, metrics, trial_counts(study), space)
+    _, prompt, choice, evaluation = best
+    return TemplateResult(prompt, choice, evaluation.metrics, trial_counts(study), space, evaluation)
 
 
 def config_dict(cfg: TemplateSearchConfig) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class TriggerSearchConfig:
     ascii_only: bool = _opt(True, "Only propose tokens whose text is ASCII.")
     whole_words: bool = _opt(False, "Only propose tokens that start a word (leading space).")
     slot_order: str = _opt("cycle", "autoprompt mode: which slot each step changes.", choices=("cycle", "random"))
+    rank_dtype: str = _opt("auto", "Dtype of the gradient and the candidates' scores: auto is bf16 where the hardware "
+                           "runs it fast (a CPU with AVX512-BF16 or AMX) for an fp32 model, else the model's own. "
+                           "The kept swap is confirmed, and dev scored, in the model's dtype.",
+                           choices=("auto", "fp32", "bf16"))
     seed: int = _opt(0, "Seed of every random choice; same seed, same run on the same machine.", min=0)
 
 
@@ -233,7 +237,8 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
                      loss_kind: str) -> np.ndarray:
     """Mean task loss of each candidate on the examples, [n_candidates], all scored together."""
     if prompt.is_classification:
-        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates))  # [C, n, labels]
+        over = "labels" if loss_kind == "labels" else "vocab"  # labels: the head computes only their rows
+        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates, over=over))  # [C, n, labels]
         gold = torch.tensor([prompt.labels.index(e.answer) for e in examples]).repeat(len(candidates))
         losses = task_loss(scores.reshape(-1, scores.shape[-1]), gold, loss_kind)
         return losses.reshape(len(candidates), len(examples)).mean(dim=1).numpy()
@@ -242,6 +247,17 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
 
 
 # --- the search ----------------------------------------------------------------------------
+
+def ranking_model(model: LanguageModel, cfg: TriggerSearchConfig) -> LanguageModel:
+    """The model candidates are ranked with: a bf16 copy where bf16 is fast and asked for (or auto)."""
+    from autoprompt.runtime import has_fast_bf16
+
+    if cfg.rank_dtype == "fp32" or model.dtype != torch.float32:
+        return model
+    if cfg.rank_dtype == "bf16" or (model.device.type == "cpu" and has_fast_bf16(model.device)):
+        return model.with_dtype(torch.bfloat16)
+    return model
+
 
 def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, base: Prompt | None = None) -> Prompt:
     """The prompt the search starts from, checked on one example of each split. ``base``: search
@@ -284,6 +300,9 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     bar = tqdm(total=cfg.steps, initial=state.step, desc="trigger search", unit="step", disable=not progress)
     prompt = _with_ids(model, base, state.trigger_ids)
     dev_cache = PrefixCache.for_examples(model, prompt, dev)  # dev is scored every few steps
+    ranker = ranking_model(model, cfg)
+    if ranker is not model:
+        log.info("ranking candidates in %s; confirming and scoring dev in %s", ranker.dtype, model.dtype)
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
         _check_dev(model, prompt, state, dev, task.metric, dev_cache)
         _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
@@ -292,7 +311,7 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
             log.info("time budget of %.0fs spent after %d steps", cfg.time_budget, state.step)
             break
         t0 = time.perf_counter()
-        event = _step(model, prompt, state, cfg, rng, train, allowed)
+        event = _step(model, prompt, state, cfg, rng, train, allowed, ranker)
         prompt = _with_ids(model, base, state.trigger_ids)
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
             event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache)
@@ -311,17 +330,19 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
 
 
 def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: TriggerSearchConfig, rng: random.Random,
-          train: list[Example], allowed: torch.Tensor) -> dict[str, Any]:
-    """One search step: gradient, candidates, their real scores, keep the best if it helps."""
+          train: list[Example], allowed: torch.Tensor, ranker: LanguageModel | None = None) -> dict[str, Any]:
+    """One search step: gradient, candidates, their real scores, keep the best if it helps.
+    ``ranker`` (default: the model) computes the gradient and the candidates' scores."""
+    ranker = ranker or model
     n_slots = len(state.trigger_ids)
     grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
     for _ in range(cfg.grad_accumulation):  # each batch's graph is freed before the next
-        grads += trigger_gradient(model, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
+        grads += trigger_gradient(ranker, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
     grads[:, ~allowed] = float("-inf")
     candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
     eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
     everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])  # the current prompt is row 0
-    losses = candidate_losses(model, prompt, eval_examples, everyone, cfg.loss)
+    losses = candidate_losses(ranker, prompt, eval_examples, everyone, cfg.loss)
     best = int(np.argmin(losses[1:])) + 1
     accepted = bool(losses[best] < losses[0])
     if accepted and cfg.confirm_batch:  # the best of many on one batch is biased low: check it on fresh data
