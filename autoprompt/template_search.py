@@ -181,11 +181,19 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     storage = open_storage(storage_url, heartbeat=cfg.heartbeat if shared else None)
     # workers sharing a storage must not all propose the same points: each samples with its own seed
     sampler_seed = seed if not shared else seed + os.getpid()
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
-                                sampler=make_sampler(cfg.sampler, sampler_seed), pruner=make_pruner(cfg.pruner))
+    sampler, pruner = make_sampler(cfg.sampler, sampler_seed), make_pruner(cfg.pruner)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+        created = False
     if resume and not shared:  # on a shared storage, other workers' trials are RUNNING too: heartbeats tell
         requeue_interrupted(study)
-    if not study.trials:
+    # the manual prompt is queued once, by the worker that made the study (workers that all found it
+    # empty queued it once each)
+    if created or (not shared and not study.trials):
         study.enqueue_trial(manual_params(space), user_attrs={"manual": True}, skip_if_exists=True)
     dev = task.examples("dev")
     order = list(range(len(dev)))
@@ -227,7 +235,7 @@ def _has_budget_left(study: optuna.Study, trials: int) -> bool:
             return True
         if not has_heartbeat(study):  # no other worker can be running them
             return False
-        time.sleep(study._storage.get_heartbeat_interval())
+        time.sleep(min(2, study._storage.get_heartbeat_interval()))
 
 
 def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
@@ -252,8 +260,9 @@ def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templ
     except KeyboardInterrupt:
         give_back(study, trial)
         raise
-    except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat stalled so long that another worker
-        log.warning("trial %d was given up by another worker; its result is dropped", trial.number)  # re-queued it
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # this worker stalled so long that another one failed the trial as lost and queued it again
+        log.warning("trial %d was given up by another worker; its result is dropped", trial.number)
         return None
     event["seconds"] = round(time.perf_counter() - t0, 2)
     return event

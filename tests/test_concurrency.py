@@ -65,16 +65,15 @@ def check_study(study: optuna.Study, setup: Path, trials: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_four_workers_one_killed_mid_trial(kind: str, study_setup: Path, tiny_causal_dir: Path) -> None:  # noqa: F811
-    trials = 14
+    trials = 12
     name = f"kill-{os.getpid()}-{time.time_ns()}"
     url = storage_url(kind, study_setup)
     procs = start_workers(study_setup, tiny_causal_dir, url, name, trials)
-    victim = procs[0]
-    storage = None
+    by_pid = {p.pid: p for p in procs}
+    storage, victim, killed = None, None, None
     deadline = time.time() + 300
-    killed = None
-    while killed is None and time.time() < deadline:  # wait until the victim is running a trial of its own
-        time.sleep(0.2)
+    while killed is None and time.time() < deadline:  # wait until some worker is scoring a trial (not the manual one)
+        time.sleep(0.1)
         if storage is None:
             try:
                 storage = open_storage(url)
@@ -83,16 +82,20 @@ def test_four_workers_one_killed_mid_trial(kind: str, study_setup: Path, tiny_ca
                 storage = None
                 continue
         seen = optuna.load_study(study_name=name, storage=storage).trials
-        for t in seen:  # (with all its params chosen: it is scoring)
-            if (t.state == S.RUNNING and t.number > 0 and t.user_attrs.get("worker", "").endswith(f":{victim.pid}")
-                    and len(t.params) == len(seen[0].params)):
+        every_param = max(len(t.params) for t in seen)
+        for t in seen:  # (with every param chosen: it is scoring)
+            pid = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
+            if (t.state == S.RUNNING and not t.user_attrs.get("manual") and pid in by_pid
+                    and len(t.params) == every_param):
+                victim, killed = by_pid[pid], t.number
                 victim.send_signal(signal.SIGKILL)
-                killed = t.number
                 break
-        assert victim.poll() is None or killed is not None, "the victim ended before it was killed"
-    assert killed is not None, "the victim never ran a trial"
+        assert any(p.poll() is None for p in procs), "the study finished before a worker could be killed"
+    assert killed is not None, "no worker was seen running a trial"
     victim.wait()
-    for p in procs[1:]:
+    for p in procs:
+        if p is victim:
+            continue
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-3000:]
         assert b"Traceback" not in err
