@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,17 +32,45 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so a run stops the same clean way."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise _Terminated
+
+
+def _close_progress_bars() -> None:
+    """Bars an interrupt left open would redraw themselves below the last line at exit."""
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
+        in_main_thread = threading.current_thread() is threading.main_thread()  # (signals can only be set there)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
             return super().invoke(ctx)
         except AutoPromptError as exc:
             message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+        except click.UsageError as exc:  # a bad flag: the same one line, not click's usage block
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as exc:
+            _close_progress_bars()
+            terminated = isinstance(exc, _Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            ctx.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

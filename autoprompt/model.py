@@ -119,7 +119,14 @@ class LanguageModel(ABC):
     @cached_property
     def renderer(self) -> TemplateRenderer:
         """Renders templates to ids for this tokenizer (caches literal pieces)."""
-        return TemplateRenderer(self.tokenizer, causal=self.is_causal)
+        return TemplateRenderer(self.tokenizer, causal=self.is_causal, max_length=self.max_length)
+
+    @cached_property
+    def max_length(self) -> int | None:
+        """The most tokens the model reads at once (its position embeddings), where its config says."""
+        config = self.hf_model.config
+        n = getattr(getattr(config, "get_text_config", lambda: config)(), "max_position_embeddings", None)
+        return n if isinstance(n, int) and n > 0 else None
 
     @cached_property
     def tokenizer_fingerprint(self) -> str:
@@ -381,11 +388,20 @@ def _from_pretrained(folder: str | Path, *, name: str, source: str, device: torc
         auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
         # eager attention: sdpa's CPU path is slower at the short lengths prompts have
         attn = "eager" if device.type == "cpu" else "sdpa"
-        hf_model = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn,
-                                        trust_remote_code=trust_remote_code, use_safetensors=None)
+        # safetensors first; a .bin checkpoint is read with weights_only=True: tensors, never other objects
+        hf_model = auto.from_pretrained(folder, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code,
+                                        use_safetensors=None, weights_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model {name!r} from {folder}: {exc}".splitlines()[0]) from exc
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "custom code" in reason:
+            reason = "it ships its own code, which runs only with --trust-remote-code (read that code first)"
+        raise ModelError(f"cannot load model {name!r} from {folder}: {reason}") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "UnpicklingError":
+            raise
+        raise ModelError(f"cannot load model {name!r} from {folder}: its checkpoint pickles more than tensors, "
+                         "which is never unpickled (convert it to safetensors from a source you trust)") from exc
     hf_model.to(device)
     cls = CausalLM if kind == "causal" else MaskedLM
     return cls(hf_model, tokenizer, name=name, source=source)

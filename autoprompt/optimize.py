@@ -28,7 +28,7 @@ from autoprompt.template_search import (
     study_storage,
     template_search,
 )
-from autoprompt.trigger_search import TriggerSearchConfig, TriggerState, initial_prompt, trigger_search
+from autoprompt.trigger_search import TriggerSearchConfig, initial_prompt, read_checkpoint, trigger_search
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,25 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
     ``method``: trigger (gradient-guided triggers in the task's template), template (Optuna
     search of template_config.space) or hybrid (template search, then triggers inside the winner).
     ``search_labels``: first propose label words (label_search) and search with the best one
-    per label; the baseline stays the task's own prompt."""
+    per label; the baseline stays the task's own prompt. On Ctrl-C (or SIGTERM through the
+    CLI) the run is marked interrupted and its best prompt so far saved; ``resume`` goes on."""
+    opened: list[Run] = []  # the run folder, once there is one
+    try:
+        return _optimize(task, config, model, runs_dir=runs_dir, resume=resume, search_labels=search_labels,
+                         progress=progress, method=method, template_config=template_config, opened=opened)
+    except KeyboardInterrupt:
+        if opened:
+            _interrupted(opened[0], model, task)
+        raise
+
+
+def _optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, runs_dir, resume, search_labels: bool,
+              progress: bool, method: str, template_config: TemplateSearchConfig | None, opened: list[Run]) -> SearchResult:
     if resume is not None:
         method = Run.open(resume).config().get("method", "trigger")
     if method in ("template", "hybrid"):
         return _optimize_template(task, config, template_config or TemplateSearchConfig(), model, runs_dir=runs_dir,
-                                  resume=resume, progress=progress, hybrid=method == "hybrid")
+                                  resume=resume, progress=progress, hybrid=method == "hybrid", opened=opened)
     if method != "trigger":
         raise AutoPromptError(f"unknown method {method!r}; use trigger, template or hybrid")
     started = time.perf_counter()
@@ -73,7 +86,7 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
         if saved.get("verbalizer") is not None:
             task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
-        state = TriggerState(**run.read_json("checkpoint.json")) if (run.path / "checkpoint.json").exists() else None
+        state = read_checkpoint(run)
         if state is not None:  # drop events logged after the checkpoint
             run.truncate_log(sum(1 for e in run.events() if e.get("step", 0) <= state.step))
         log.info("resuming %s at step %d", run.path, state.step if state else 0)
@@ -92,13 +105,10 @@ def optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, r
             run.write_json("labels.json", {"words": label_words.words, "train_accuracy": label_words.train_accuracy})
         state = None
     log.info("run folder: %s", run.path)
+    opened.append(run)
     run.write_json("result.json", {"state": "running"})
     try:
         prompt, state = trigger_search(model, task, config, run=run, state=state, progress=progress)
-    except KeyboardInterrupt:
-        _save_best_so_far(run, model, task, config)
-        run.write_json("result.json", {"state": "interrupted"})
-        raise
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
@@ -136,7 +146,7 @@ def optimize_seeds(task: Task, config: TriggerSearchConfig, model: LanguageModel
 
 
 def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: TemplateSearchConfig, model: LanguageModel, *,
-                       runs_dir, resume, progress: bool, hybrid: bool) -> SearchResult:
+                       runs_dir, resume, progress: bool, hybrid: bool, opened: list[Run]) -> SearchResult:
     """The template search (and, for the hybrid, the trigger search inside its winner)."""
     from autoprompt.scoring import content_free_calibration
     from autoprompt.space import Choice, load_space
@@ -158,6 +168,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
             task, model, method, template_search=dataclasses.asdict(tconfig), trigger=dataclasses.asdict(config)),
             runs_dir=runs_dir)
     log.info("run folder: %s", run.path)
+    opened.append(run)
     storage = study_storage(run)
     run.write_json("result.json", {"state": "running"})
     try:
@@ -181,9 +192,10 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
         if hybrid:
             n = max(tpl["space"].triggers) or config.n_triggers
             base = build_prompt(model, task, tpl["space"], tpl["choice"], seed=config.seed, n_triggers=n)
-            state = None
-            if resume is not None and (run.path / "checkpoint.json").exists():
-                state = TriggerState(**run.read_json("checkpoint.json"))
+            state = read_checkpoint(run) if resume is not None else None
+            if state is not None:  # drop trigger steps logged after the checkpoint
+                run.truncate_log(1 + max(i for i, e in enumerate(run.events())
+                                         if e.get("stage") == "trigger" and e.get("step", -1) <= state.step))
             found, state = trigger_search(model, task, config, run=_Stage(run, "trigger"), state=state,
                                           progress=progress, base=base)
             steps = state.step
@@ -194,10 +206,6 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
             run.log({"stage": "choice", "template_dev": dev_metrics[task.metric], "hybrid_dev": found_dev[task.metric]})
             if found_dev[task.metric] > dev_metrics[task.metric]:
                 prompt, dev_metrics, dev_evaluation, stage = found, found_dev, found_evaluation, "hybrid"
-    except KeyboardInterrupt:
-        run.write_json("result.json", {"state": "interrupted"})
-        log.warning("interrupted; continue with --resume %s", run.path)
-        raise
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
@@ -251,20 +259,61 @@ class _Stage:
         return self.run.write_json(name, data)
 
 
-def _save_best_so_far(run: Run, model: LanguageModel, task: Task, config: TriggerSearchConfig) -> None:
-    """On Ctrl-C: the best prompt of the last checkpoint becomes the run's prompt file (dev metrics only)."""
-    if not (run.path / "checkpoint.json").exists():
+def _interrupted(run: Run, model: LanguageModel, task: Task) -> None:
+    """Ctrl-C: the run is marked interrupted (first: a second Ctrl-C must not leave it "running"),
+    then its best prompt so far, from what the run folder holds, becomes its prompt file."""
+    if (run.path / "result.json").exists() and run.read_json("result.json").get("state") == "finished":
         return
-    state = TriggerState(**run.read_json("checkpoint.json"))
-    base = initial_prompt(model, task, config)
-    prompt = base.with_triggers(state.best_trigger_ids, [model.tokenizer.decode([i]) for i in state.best_trigger_ids])
-    save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric,
-                                metrics={"dev": state.best_dev_metrics} if state.best_dev_metrics else {},
-                                search={"method": "trigger", "run": run.name, "steps": state.step, "interrupted": True,
-                                        "seed": config.seed, "config": dataclasses.asdict(config)}),
+    run.write_json("result.json", {"state": "interrupted"})
+    saved = run.config()
+    try:
+        found = _best_so_far(run, model, task, saved)
+    except AutoPromptError as exc:  # e.g. the shared storage went away: the interruption still stands
+        log.warning("interrupted; the best prompt so far could not be saved: %s", exc)
+        return
+    if found is None:
+        log.warning("interrupted before a first prompt was scored; continue with --resume %s", run.path)
+        return
+    prompt, metrics, search = found
+    save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
+                                search={"method": saved["method"], "run": run.name, "interrupted": True, **search}),
                      run.best_prompt_path)
-    log.warning("interrupted at step %d; best prompt so far: %s (resume with --resume %s)",
-                state.step, run.best_prompt_path, run.path)
+    log.warning("interrupted; best prompt so far: %s (continue with --resume %s)", run.best_prompt_path, run.path)
+
+
+def _best_so_far(run: Run, model: LanguageModel, task: Task, saved: dict[str, Any]):
+    """(prompt, metrics, search info) of the best prompt a run has found so far, or None."""
+    from autoprompt.space import Choice, load_space
+    from autoprompt.template_search import best_trial_prompt, with_manual_choices
+
+    config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved.get("trigger", {})))
+    state = read_checkpoint(run)
+    if saved["method"] == "trigger":
+        if state is None:
+            return None
+        task = dataclasses.replace(task, verbalizer=saved.get("verbalizer", task.verbalizer))
+        base = initial_prompt(model, task, config)
+        return (_with_triggers(model, base, state.best_trigger_ids),
+                {"dev": state.best_dev_metrics} if state.best_dev_metrics else {}, {"steps": state.step})
+    tconfig = TemplateSearchConfig(**_known(TemplateSearchConfig, saved["template_search"]))
+    if not (run.path / "template_winner.json").exists():  # still in the template search: its best trial
+        found = best_trial_prompt(model, task, tconfig, study_storage(run), study_name(run),
+                                  seed=config.seed)
+        return None if found is None else (found[0], {}, {"trial": found[1].number, "trial_dev": found[1].value})
+    winner = run.read_json("template_winner.json")
+    space = with_manual_choices(load_space(tconfig.space).for_task(task), task)
+    choice = Choice(**winner["choice"])
+    best = (build_prompt(model, task, space, choice, seed=config.seed), {"dev": winner["dev"]}, {"winner": "template"})
+    if state is not None and state.best_dev > winner["dev"][task.metric] and choice.calibration == "none":
+        base = build_prompt(model, task, space, choice, seed=config.seed,
+                            n_triggers=max(space.triggers) or config.n_triggers)
+        best = (_with_triggers(model, base, state.best_trigger_ids), {"dev": state.best_dev_metrics},
+                {"winner": "hybrid", "steps": state.step})
+    return best
+
+
+def _with_triggers(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prompt:
+    return prompt.with_triggers(ids, [model.tokenizer.decode([i]) for i in ids])
 
 
 def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Prompt, task: Task, run: Run, *,

@@ -137,7 +137,7 @@ def from_json(data: Any) -> PromptFile:
     _check(not isinstance(demo_k, bool) and 0 <= demo_k <= len(demos),
            f"demo_k must be 0..{len(demos)} (the number of demonstrations), not {demo_k!r}")
     calibration = _typed(data.get("calibration", []), list, "calibration")
-    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in calibration),
+    _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in calibration),
            "calibration must be a list of finite numbers")
     _check(not calibration or len(calibration) == len(verbalizer or {}),
            f"calibration has {len(calibration)} values but the verbalizer {len(verbalizer or {})} labels")
@@ -167,6 +167,13 @@ def from_json(data: Any) -> PromptFile:
                       autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too big for a float
+        return False
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise PromptFileError(message)
@@ -192,11 +199,25 @@ def write_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): nothing to sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that does not sync folders
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

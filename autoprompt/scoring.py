@@ -69,7 +69,7 @@ def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example
 
 def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int | None = None) -> torch.Tensor:
     """The model's own embedding of each text: its last hidden states, mean-pooled, unit length. [n, hidden]"""
-    ids = [model.renderer.field_ids(t) or [model.pad_id] for t in texts]
+    ids = [model.renderer.field_ids(t)[: model.max_length] or [model.pad_id] for t in texts]
     out = None
     with torch.inference_mode():
         for batch in pack_batches([len(i) for i in ids], batch_tokens or model.batch_tokens, max_rows=MAX_ROWS):

@@ -141,7 +141,9 @@ def load_space(spec: str | os.PathLike) -> SearchSpace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise SpaceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        where = f"; {context} from line {start.line + 1}" if context and start is not None else ""
+        raise SpaceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
     except UnicodeDecodeError:
         raise SpaceError(f"{path}: not UTF-8 text") from None
     return space_from_dict(data if data is not None else {}, source=str(path))

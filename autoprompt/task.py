@@ -77,6 +77,7 @@ class Task:
     def validate(self) -> None:
         """Raise TaskError if the splits, data, template fields or verbalizer do not fit together."""
         where = self.source or f"task '{self.name}'"
+        _check_types(self, where)
         if not self.splits:
             raise TaskError(
                 f"{where}: the task has no splits; give some of: {', '.join(SPLITS)}"
@@ -101,6 +102,11 @@ class Task:
         for split in _ordered_splits(self.splits):
             for example in self.splits[split]:
                 self._check_example(example, needed, where)
+        for split in ("train", "dev"):  # one label: any prompt that always says it looks perfect
+            labels = {e.answer for e in self.splits.get(split, [])}
+            if self.verbalizer is not None and len(labels) == 1:
+                raise TaskError(f"{where}: split '{split}' has only label '{labels.pop()}'; a classification "
+                                "task needs examples of at least two labels to train and choose prompts on")
 
     def _check_example(self, example: Example, needed: list[str], where: str) -> None:
         for name in needed:
@@ -122,6 +128,27 @@ class Task:
                 )
         elif not example.answer:
             raise TaskError(f"{example.source}: free-form example has no target text")
+
+
+def _check_types(task: Task, where: str) -> None:
+    """A task file can build a Task from anything: say which field has the wrong type."""
+    for name in ("name", "template", "metric"):
+        value = getattr(task, name)
+        if not isinstance(value, str):
+            raise TaskError(f"{where}: the task's {name} must be a string, not {type(value).__name__}")
+    if task.verbalizer is not None and not isinstance(task.verbalizer, dict):
+        raise TaskError(f"{where}: the verbalizer must be a dict of label -> list of words, "
+                        f"not {type(task.verbalizer).__name__}")
+    if not isinstance(task.splits, dict):
+        raise TaskError(f"{where}: splits must be a dict of split name -> examples, not {type(task.splits).__name__}")
+    for split, examples in task.splits.items():
+        if not isinstance(examples, list):
+            raise TaskError(f"{where}: split '{split}' must be a list of Example (from read_examples), "
+                            f"not {type(examples).__name__}")
+        wrong = next((e for e in examples if not isinstance(e, Example)), None)
+        if wrong is not None:
+            raise TaskError(f"{where}: split '{split}' must be a list of Example (from read_examples); "
+                            f"it holds a {type(wrong).__name__}")
 
 
 def _ordered_splits(splits: dict[str, list[Example]]) -> list[str]:
@@ -327,6 +354,8 @@ def _load_task_file(path: Path) -> Task:
         raise
     except SyntaxError as error:
         raise TaskError(f"{path}:{error.lineno}: SyntaxError: {error.msg}") from error
+    except SystemExit as error:  # exit() in a task file must not end the command with its code
+        raise TaskError(f"{path}:{_error_line(error, path)}: the task file called exit({error.code!r})") from None
     except Exception as error:
         raise TaskError(
             f"{path}:{_error_line(error, path)}: {type(error).__name__}: {error}"

@@ -167,9 +167,10 @@ def answer_prefix(text_before: str) -> str:
 class TemplateRenderer:
     """Renders Prompts' templates to token ids for one tokenizer, caching literal pieces."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, causal: bool) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, causal: bool, max_length: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.causal = causal
+        self.max_length = max_length  # the model's positions: a longer input is refused, not truncated
         self._literal_cache: dict[str, list[int]] = {}
         self._field_cache: dict[str, list[int]] = {}
         self.prefix_ids, self.suffix_ids = _special_wrapping(tokenizer)
@@ -234,6 +235,8 @@ class TemplateRenderer:
                 answer_position = len(ids)
                 ids.append(self.tokenizer.mask_token_id)
         ids += self.suffix_ids
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise TemplateError(f"the input is {len(ids)} tokens with its prompt; the model reads at most {self.max_length}")
         if answer_position < 0:
             raise TemplateError(f"template {template!r} renders no token before [P]; a causal LM needs some context")
         return Encoded(ids, trigger_positions, answer_position)

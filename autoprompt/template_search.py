@@ -12,7 +12,9 @@ import dataclasses
 import logging
 import os
 import random
+import socket
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,15 @@ from autoprompt.scoring import (
     render_template,
 )
 from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
+from autoprompt.storage import (  # noqa: F401  (open_storage, study_storage: used from here too)
+    fail_stale_trials,
+    give_back,
+    has_heartbeat,
+    heartbeat,
+    open_storage,
+    requeue_interrupted,
+    study_storage,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -66,6 +77,8 @@ class TemplateSearchConfig:
                                "path ending in .log, postgresql://...); default: study.db in the run folder.")
     study_name: str | None = _opt(None, "Study name in --storage (default: TASK-template, so workers share it; "
                                   "without --storage: the run folder's name).")
+    heartbeat: int = _opt(10, "Seconds between a running trial's heartbeats in a shared --storage; a trial silent "
+                          "for 3 of them lost its worker: it is failed and its params run again.")
 
 
 @dataclass
@@ -79,41 +92,6 @@ class TemplateResult:
 
 
 # --- storage and study ----------------------------------------------------------------------
-
-def open_storage(url: str):
-    """An Optuna storage from a URL; a path ending in .log (or journal:PATH) is a journal file."""
-    import optuna
-
-    if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    if "://" not in url:
-        raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
-                              "or a journal file path ending in .log")
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(6):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except (IntegrityError, ProgrammingError):
-            # workers started together race to create the schema in an empty database: the
-            # loser's CREATE fails on what the winner made; a moment later the tables are there
-            if attempt == 5:
-                raise AutoPromptError(f"storage {url!r}: could not create or open the Optuna tables") from None
-            time.sleep(0.5 * (attempt + 1))
-        except ImportError as exc:
-            raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
-        except Exception as exc:  # sqlalchemy: bad URL, server down, auth
-            raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    raise AssertionError("unreachable")
-
-
-def study_storage(run: Run) -> str:
-    """The storage URL of a run's study: the shared one it was given, else its own study.db."""
-    shared = (run.config().get("template_search") or {}).get("storage")
-    return shared or f"sqlite:///{(run.path / 'study.db').resolve()}"
-
 
 def study_name(run: Run) -> str:
     """The study of a run in its storage: --study-name; else, on a shared storage, one name every
@@ -199,14 +177,23 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = with_manual_choices(load_space(cfg.space).for_task(task), task)
-    storage = open_storage(storage_url)
+    shared = cfg.storage is not None
+    storage = open_storage(storage_url, heartbeat=cfg.heartbeat if shared else None)
     # workers sharing a storage must not all propose the same points: each samples with its own seed
-    sampler_seed = seed if cfg.storage is None else seed + os.getpid()
-    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
-                                sampler=make_sampler(cfg.sampler, sampler_seed), pruner=make_pruner(cfg.pruner))
-    if resume:
-        _requeue_interrupted(study)
-    if not study.trials:
+    sampler_seed = seed if not shared else seed + os.getpid()
+    sampler, pruner = make_sampler(cfg.sampler, sampler_seed), make_pruner(cfg.pruner)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
+        created = False
+    if resume and not shared:  # on a shared storage, other workers' trials are RUNNING too: heartbeats tell
+        requeue_interrupted(study)
+    # the manual prompt is queued once, by the worker that made the study (workers that all found it
+    # empty queued it once each)
+    if created or (not shared and not study.trials):
         study.enqueue_trial(manual_params(space), user_attrs={"manual": True}, skip_if_exists=True)
     dev = task.examples("dev")
     order = list(range(len(dev)))
@@ -214,27 +201,71 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     trial_dev = [dev[i] for i in order[: cfg.trial_dev or None]]
     started = time.perf_counter()
     bar = tqdm(total=cfg.trials, initial=_finished(study), desc="template search", unit="trial", disable=not progress)
-    while _finished(study) + _running(study) < cfg.trials:
-        if time_budget is not None and time.perf_counter() - started > time_budget:
-            log.info("time budget of %.0fs spent", time_budget)
-            break
-        trial = study.ask()
-        alive = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
-                 and t.state != optuna.trial.TrialState.FAIL]
-        if len(alive) >= cfg.trials:  # another worker took the last slot between our count and ask
-            trial.set_user_attr("over_budget", True)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            break
-        t0 = time.perf_counter()
-        event = _run_trial(model, task, space, cfg, study, trial, trial_dev, seed)
-        event["seconds"] = round(time.perf_counter() - t0, 2)
-        if run is not None:
-            run.log({"stage": "template", **event})
-        bar.update(1)
-        best = _best_value(study)
-        bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
-    bar.close()
+    try:
+        while _has_budget_left(study, cfg.trials):
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                log.info("time budget of %.0fs spent", time_budget)
+                break
+            event = _next_trial(model, task, space, cfg, study, trial_dev, seed)
+            if event is None:
+                continue
+            if run is not None:
+                run.log({"stage": "template", **event})
+            bar.update(1)
+            best = _best_value(study)
+            bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
+    finally:
+        bar.close()
     return _choose_winner(model, task, space, cfg, study, seed, run)
+
+
+def _has_budget_left(study: optuna.Study, trials: int) -> bool:
+    """Whether this worker should go on: fewer than ``trials`` finished. When the last ones are
+    running in other workers, it waits for them: if one of those dies, its trial is run here."""
+    import optuna
+
+    while True:
+        fail_stale_trials(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        S = optuna.trial.TrialState
+        finished = sum(s in (S.COMPLETE, S.PRUNED) for s in states)
+        if finished >= trials:
+            return False
+        if finished + states.count(S.RUNNING) < trials:
+            return True
+        if not has_heartbeat(study):  # no other worker can be running them
+            return False
+        time.sleep(min(2, study._storage.get_heartbeat_interval()))
+
+
+def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
+                study: optuna.Study, dev: list[Example], seed: int) -> dict[str, Any] | None:
+    """Ask for a trial and run it: its event, or None when another worker took the last slot."""
+    import optuna
+
+    with warnings.catch_warnings():  # Optuna wants heartbeats used from study.optimize; we send them ourselves
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    alive = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+             and t.state != optuna.trial.TrialState.FAIL]
+    if len(alive) >= cfg.trials:  # another worker took the last slot between our count and ask
+        trial.set_user_attr("over_budget", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
+    t0 = time.perf_counter()
+    try:
+        with heartbeat(study, trial):
+            event = _run_trial(model, task, space, cfg, study, trial, dev, seed)
+    except KeyboardInterrupt:
+        give_back(study, trial)
+        raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # this worker stalled so long that another one failed the trial as lost and queued it again
+        log.warning("trial %d was given up by another worker; its result is dropped", trial.number)
+        return None
+    event["seconds"] = round(time.perf_counter() - t0, 2)
+    return event
 
 
 def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
@@ -326,12 +357,6 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED)))
 
 
-def _running(study: optuna.Study) -> int:
-    import optuna
-
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-
-
 def _best_value(study: optuna.Study) -> float | None:
     try:
         return study.best_value
@@ -339,15 +364,21 @@ def _best_value(study: optuna.Study) -> float | None:
         return None
 
 
-def _requeue_interrupted(study: optuna.Study) -> None:
-    """Trials left RUNNING by a killed process: mark them failed and queue their params again."""
+def best_trial_prompt(model: LanguageModel, task: Task, cfg: TemplateSearchConfig, storage_url: str, study_name: str,
+                      *, seed: int) -> tuple[Prompt, optuna.trial.FrozenTrial] | None:
+    """The prompt of the study's best finished trial so far, and the trial (None before there is one)."""
     import optuna
 
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
-        log.info("trial %d was interrupted: marked failed, queued again", t.number)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    except KeyError:  # interrupted before the study was made
+        return None
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None
+    best = max(done, key=lambda t: (t.value, -t.number))
+    space = with_manual_choices(load_space(cfg.space).for_task(task), task)
+    return build_prompt(model, task, space, Choice.from_params(best.params, space), seed=seed), best
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

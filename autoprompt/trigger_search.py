@@ -94,6 +94,42 @@ class TriggerState:
     seconds: float = 0.0
 
 
+def read_checkpoint(run) -> TriggerState | None:
+    """The state saved in a run's checkpoint.json (None if it has none), checked field by field."""
+    path = run.path / "checkpoint.json"
+    if not path.exists():
+        return None
+    data = run.read_json("checkpoint.json")
+    fields = {f.name: f for f in dataclasses.fields(TriggerState)}
+    problem = None
+    if not isinstance(data, dict):
+        problem = "not a JSON object"
+    elif set(data) - set(fields):
+        problem = f"unknown keys {', '.join(sorted(set(data) - set(fields)))}"
+    elif not _is_int(data.get("step", 0)) or data.get("step", 0) < 0:
+        problem = f"step must be an integer >= 0, not {data.get('step')!r}"
+    else:
+        for key in ("trigger_ids", "best_trigger_ids"):
+            ids = data.get(key, [])
+            if not isinstance(ids, list) or not all(_is_int(i) and i >= 0 for i in ids):
+                problem = f"{key} must be a list of token ids"
+        for key in ("best_dev", "best_dev_log_prob", "seconds"):
+            if key in data and (not isinstance(data[key], (int, float)) or isinstance(data[key], bool)):
+                problem = f"{key} must be a number, not {data[key]!r}"
+        try:
+            if data.get("rng_state") is not None:
+                random.Random().setstate(_tuple_state(data["rng_state"]))
+        except (TypeError, ValueError, IndexError):
+            problem = "rng_state is not a random generator's state"
+    if problem is not None:
+        raise AutoPromptError(f"{path}: not a trigger search checkpoint this version can resume ({problem})")
+    return TriggerState(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # --- the template --------------------------------------------------------------------------
 
 def with_trigger_slots(template: str, n_triggers: int) -> str:
@@ -251,6 +287,10 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
 
     base = initial_prompt(model, task, cfg, base)
     state = state or TriggerState(trigger_ids=list(base.trigger_ids), best_trigger_ids=list(base.trigger_ids))
+    for ids in (state.trigger_ids, state.best_trigger_ids):
+        if len(ids) != len(base.trigger_ids) or any(i >= model.vocab_size for i in ids):
+            raise AutoPromptError(f"the checkpoint's triggers {ids} do not fit this template's "
+                                  f"{len(base.trigger_ids)} [T] slots and this model's vocabulary")
     rng = random.Random(cfg.seed)
     if state.rng_state is not None:
         rng.setstate(_tuple_state(state.rng_state))

@@ -249,3 +249,20 @@ def test_written_files_get_the_usual_mode(tmp_path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_atomic_writes_sync_the_file_and_its_folder(tmp_path, monkeypatch) -> None:
+    """A killed process or a power cut leaves the old file or the new one: data and rename both synced."""
+    import os
+    import stat
+
+    from autoprompt.prompt_file import write_atomic
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)) or real(fd))
+    (tmp_path / "a.json").write_text("old", encoding="utf-8")
+    write_atomic(tmp_path / "a.json", "new")
+    assert synced == [False, True]
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

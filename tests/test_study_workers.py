@@ -1,4 +1,4 @@
-"""Studies that survive SIGKILL and scale out: real processes of the real command line."""
+"""A study that survives SIGKILL: real processes of the real command line (workers: test_concurrency.py)."""
 
 from __future__ import annotations
 
@@ -96,58 +96,6 @@ def test_sigkill_then_resume_keeps_finished_trials_and_completes_the_budget(stud
     assert len([t for t in after if t.state in (S.COMPLETE, S.PRUNED)]) == trials
     assert {t.number: (t.params, t.value) for t in after if t.number in before} == before
     assert json.loads((run_dir / "result.json").read_text())["state"] == "finished"
-
-
-@pytest.mark.slow
-def test_two_workers_share_one_journal_study(study_setup, tiny_causal_dir):
-    trials = 24
-    journal = study_setup / "study.log"
-    extra = ("--trials", str(trials), "--storage", str(journal), "--study-name", "shared")
-    procs = [subprocess.Popen(command(study_setup, tiny_causal_dir, *extra, "--runs-dir", str(study_setup / f"w{i}")),
-                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err.decode()[-2000:]
-    study = optuna.load_study(study_name="shared", storage=open_storage(str(journal)))
-    S = optuna.trial.TrialState
-    finished = [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED)]
-    assert len(finished) == trials
-    # every trial was run by exactly one worker, and both workers did some
-    by_worker = [[e["trial"] for e in template_events(next((study_setup / f"w{i}").iterdir()))] for i in range(2)]
-    assert all(by_worker), by_worker
-    assert sorted(by_worker[0] + by_worker[1]) == sorted(t.number for t in finished)
-    assert not set(by_worker[0]) & set(by_worker[1])
-    assert study.trials[0].user_attrs.get("manual")
-    assert sum(bool(t.user_attrs.get("manual")) for t in study.trials) == 1
-
-
-def _postgres_url() -> str | None:
-    return os.environ.get("AUTOPROMPT_TEST_POSTGRES")
-
-
-@pytest.mark.slow
-def test_two_workers_share_one_postgresql_study(study_setup, tiny_causal_dir):
-    """Against a real PostgreSQL server: .ci/run starts one on loopback and sets AUTOPROMPT_TEST_POSTGRES."""
-    url = _postgres_url()
-    if url is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide a PostgreSQL server (AUTOPROMPT_TEST_POSTGRES is unset)")
-        pytest.skip("no PostgreSQL server: set AUTOPROMPT_TEST_POSTGRES=postgresql+psycopg://user@host/db "
-                    "(.ci/run starts one)")
-    name = f"pg-{os.getpid()}-{time.time_ns()}"
-    trials = 12
-    extra = ("--trials", str(trials), "--storage", url, "--study-name", name)
-    procs = [subprocess.Popen(command(study_setup, tiny_causal_dir, *extra, "--runs-dir", str(study_setup / f"w{i}")),
-                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err.decode()[-2000:]
-    study = optuna.load_study(study_name=name, storage=url)
-    S = optuna.trial.TrialState
-    finished = [t for t in study.trials if t.state in (S.COMPLETE, S.PRUNED)]
-    assert len(finished) == trials
-    by_worker = [[e["trial"] for e in template_events(next((study_setup / f"w{i}").iterdir()))] for i in range(2)]
-    assert sorted(by_worker[0] + by_worker[1]) == sorted(t.number for t in finished)
 
 
 def test_storage_urls_are_checked():

@@ -141,8 +141,9 @@ def make_task(**changes: object) -> Task:
         "name": "toy",
         "template": "Review: {text}\nSentiment:[P]",
         "splits": {
-            "train": [Example({"text": "good"}, "positive", "train.jsonl:1")],
-            "dev": [Example({"text": "bad"}, "negative", "dev.jsonl:1")],
+            "train": [Example({"text": "good"}, "positive", "train.jsonl:1"),
+                      Example({"text": "awful"}, "negative", "train.jsonl:2")],
+            "dev": [Example({"text": "bad"}, "negative", "dev.jsonl:1"), Example({"text": "fine"}, "positive", "dev.jsonl:2")],
         },
         "verbalizer": {"negative": ["bad"], "positive": ["good"]},
         "source": "tasks/toy.py",

@@ -115,7 +115,9 @@ def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
     before = optuna.load_study(study_name=run_dir.name, storage=storage).trials
     S = optuna.trial.TrialState
-    assert [t.state for t in before].count(S.RUNNING) == 1
+    states = [t.state for t in before]  # Ctrl-C gave the trial back: failed, and its params queued again
+    assert states.count(S.RUNNING) == 0 and states.count(S.FAIL) == 1 and states.count(S.WAITING) == 1
+    assert read_prompt_file(run_dir / "best.prompt.json").search["interrupted"]  # the best trial so far
     finished_before = {t.number: t.value for t in before if t.state == S.COMPLETE}
     result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, resume=run_dir, progress=False)
     after = optuna.load_study(study_name=run_dir.name, storage=storage).trials

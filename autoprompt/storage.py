@@ -1,0 +1,187 @@
+"""Where a template search's Optuna study lives, and how it survives dead workers.
+
+A study is in a run folder's own study.db, or in a storage several workers share (a journal
+file, SQLite, PostgreSQL...). A worker can die mid-trial (SIGKILL, a lost machine): its trial
+would stay RUNNING forever and hold a slot of the budget. So on a shared storage each running
+trial sends a heartbeat, and a trial silent for ``GRACE_HEARTBEATS`` of them is failed by the
+next worker that looks, and its params are queued to be run again. RDBStorage has this built
+in (heartbeat_interval, grace_period); Optuna's JournalStorage has not, so it gets the same
+through a subclass that keeps the heartbeat in a system attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+from autoprompt.errors import AutoPromptError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprompt.runs import Run
+
+log = logging.getLogger(__name__)
+
+GRACE_HEARTBEATS = 3  # a running trial silent for this many heartbeats is presumed dead
+
+
+def open_storage(url: str, *, heartbeat: int | None = None):
+    """An Optuna storage from a URL; a path ending in .log (or journal:PATH) is a journal file.
+    ``heartbeat``: seconds between a running trial's heartbeats (None: no heartbeat)."""
+    import optuna
+
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend
+
+        try:
+            backend = JournalFileBackend(url.removeprefix("journal:"))
+        except OSError as exc:
+            raise AutoPromptError(f"storage {url!r}: cannot open the journal file ({exc.strerror or exc})") from None
+        if heartbeat is None:
+            return optuna.storages.JournalStorage(backend)
+        return _journal_with_heartbeat()(backend, heartbeat)
+    if "://" not in url:
+        raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
+                              "or a journal file path ending in .log")
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    options = {} if heartbeat is None else {"heartbeat_interval": heartbeat, "grace_period": GRACE_HEARTBEATS * heartbeat,
+                                         "heartbeat_stale_trial_callback": rerun_stale_trial}
+    if url.startswith("sqlite"):  # several workers (and heartbeat threads) wait their turn to write
+        options["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):  # a server that cannot be reached is an error, not a hang
+        options["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}}
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **options)
+        except (IntegrityError, ProgrammingError):
+            # workers started together race to create the schema in an empty database: the
+            # loser's CREATE fails on what the winner made; a moment later the tables are there
+            if attempt == 5:
+                raise AutoPromptError(f"storage {url!r}: could not create or open the Optuna tables") from None
+            time.sleep(0.5 * (attempt + 1))
+        except ImportError as exc:
+            raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+        except Exception as exc:  # sqlalchemy: bad URL, server down, auth
+            raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    raise AssertionError("unreachable")
+
+
+def study_storage(run: Run) -> str:
+    """The storage URL of a run's study: the shared one it was given, else its own study.db."""
+    shared = (run.config().get("template_search") or {}).get("storage")
+    return shared or f"sqlite:///{(run.path / 'study.db').resolve()}"
+
+
+def has_heartbeat(study: optuna.Study) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """While the block runs, the trial's heartbeat is recorded (when the storage keeps them)."""
+    if not has_heartbeat(study):
+        yield
+        return
+    storage, stop = study._storage, threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as exc:  # a storage hiccup must not kill the trial; the next beat may pass
+                log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
+            if stop.wait(storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials of dead workers (no heartbeat within the grace period) and queue them again."""
+    import optuna
+
+    if has_heartbeat(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def rerun_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage's callback for a trial failed as stale: run its params again."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+    log.warning("trial %d lost its worker (no heartbeat): marked failed, queued again", trial.number)
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Trials left RUNNING by a killed process (a study no other worker shares): failed, queued again."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+        log.info("trial %d was interrupted: marked failed, queued again", t.number)
+
+
+def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A trial this worker stops (Ctrl-C, SIGTERM): failed, its params queued for whoever goes on."""
+    import optuna
+
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != optuna.trial.TrialState.RUNNING:
+        return
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    if frozen.params:
+        study.enqueue_trial(frozen.params, user_attrs={"rerun_of": frozen.number})
+
+
+@functools.cache
+def _journal_with_heartbeat():
+    """JournalStorage that records heartbeats (Optuna's has none): the time of the last one is a
+    system attribute of the trial; workers' clocks must agree to well within the grace period.
+    (A class made on first use: optuna is imported only when a study is opened.)"""
+    import optuna
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class JournalStorageWithHeartbeat(optuna.storages.JournalStorage, BaseHeartbeat):
+        def __init__(self, backend, heartbeat_interval: int) -> None:
+            super().__init__(backend)
+            self.heartbeat_interval = heartbeat_interval
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                self.set_trial_system_attr(trial_id, "autoprompt:heartbeat", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told a moment ago
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now, grace = time.time(), GRACE_HEARTBEATS * self.heartbeat_interval
+            running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            return [t._trial_id for t in running
+                    if now - t.system_attrs.get("autoprompt:heartbeat", t.datetime_start.timestamp()) > grace]
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self):
+            return rerun_stale_trial
+
+    return JournalStorageWithHeartbeat
