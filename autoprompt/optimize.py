@@ -241,8 +241,10 @@ def _reopen(resume, task: Task, model: LanguageModel) -> tuple[Run, dict[str, An
 
 def _run_config(task: Task, model: LanguageModel, method: str, **settings: Any) -> dict[str, Any]:
     """A run's config.json: what ran on what, and every setting."""
+    from autoprompt.runs import invoked_command
+
     return {"method": method, "task": task.name, "task_source": task.source, "model": model.name,
-            "model_source": model.source, "device": str(model.device),
+            "model_source": model.source, "command": invoked_command(), "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""), **settings}
 
 

@@ -147,6 +147,17 @@ def _is_run(path: Path) -> bool:
     return isinstance(config, dict) and "method" in config
 
 
+def invoked_command() -> str | None:
+    """The autoprompt command line this process runs, if it is the CLI (None for the Python API)."""
+    import shlex
+    import sys
+
+    first = sys.argv[0] if sys.argv else ""
+    if Path(first).name == "autoprompt" or first.endswith(("autoprompt/cli.py", "autoprompt/__main__.py")):
+        return shlex.join(["autoprompt", *sys.argv[1:]])
+    return None
+
+
 def summary(run: Run) -> dict[str, Any]:
     """What ``runs list`` shows of a run: task, method, model, metric on dev and test (found prompt
     and baseline), trials or steps, seconds and state."""
@@ -167,7 +178,7 @@ def summary(run: Run) -> dict[str, Any]:
             "steps": steps, "trials": trials, "work": work or "—",
             "seconds": result.get("seconds", result.get("search_seconds")),
             "seed": (config.get("trigger") or {}).get("seed"), "state": result.get("state", "unknown"),
-            "winner": result.get("winner")}
+            "winner": result.get("winner"), "command": config.get("command")}
 
 
 def _work(run: Run, result: dict[str, Any]) -> tuple[int | None, int | None]:
@@ -204,12 +215,13 @@ def compare_markdown(rows: list[dict[str, Any]]) -> str:
     """The rows of compare_rows as a Markdown table for a README."""
     from autoprompt.report import format_interval, format_seconds, format_value
 
-    lines = ["| task | method | run | model | metric | dev | test (95% CI) | baseline dev / test | work | time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | run | model | metric | dev | test (95% CI) | baseline dev / test | work | time | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        command = f"`{r['command']}`".replace("|", "\\|") if r.get("command") else "—"
         lines.append(f"| {r['task']} | {r['method']} | `{r['id']}` | `{r['model']}` | {r['metric']} | {format_value(r['dev'])} | "
                      f"{format_value(r['test'])}{format_interval(r['test_interval'])} | {format_value(r['baseline_dev'])} / "
-                     f"{format_value(r['baseline_test'])} | {r['work']} | {format_seconds(r['seconds'])} |")
+                     f"{format_value(r['baseline_test'])} | {r['work']} | {format_seconds(r['seconds'])} | {command} |")
     return "\n".join(lines) + "\n"
 
 

@@ -222,3 +222,14 @@ def test_overfit_warning() -> None:
     assert "overfits" in overfit_warning(rows(0.95, 0.70, 0.04))
     assert overfit_warning(rows(0.95, 0.70, 0.2)) is None  # the intervals overlap: not clear
     assert overfit_warning(rows(0.74, 0.70, 0.01)) is None  # a small gap
+
+
+def test_the_command_line_is_recorded_only_for_the_cli(monkeypatch) -> None:
+    from autoprompt.runs import invoked_command
+
+    monkeypatch.setattr("sys.argv", ["/venv/bin/autoprompt", "optimize", "sst2", "--space", "my space.yaml"])
+    assert invoked_command() == "autoprompt optimize sst2 --space 'my space.yaml'"
+    monkeypatch.setattr("sys.argv", ["/src/autoprompt/cli.py", "optimize", "sst2"])
+    assert invoked_command() == "autoprompt optimize sst2"
+    monkeypatch.setattr("sys.argv", ["/venv/bin/pytest", "-q"])
+    assert invoked_command() is None
