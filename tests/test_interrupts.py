@@ -17,23 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from words_task import words_task_file
 
 from autoprompt.prompt_file import read_prompt_file
 
-TASK_FILE = '''
-import numpy as np
-from autoprompt.task import Example, Task
-
-WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
-rng = np.random.default_rng(0)
-
-def examples(n, split):
-    return [Example({"text": " ".join(rng.choice(WORDS, size=6))}, "positive" if i % 2 else "negative",
-                    f"{split}:{i}") for i in range(n)]
-
-task = Task(name="words", template="{text} =>[P]", verbalizer={"negative": ["negative"], "positive": ["positive"]},
-            splits={"train": examples(40, "train"), "dev": examples(200, "dev"), "test": examples(20, "test")})
-'''
+TASK_FILE = words_task_file(train=40, dev=200, test=20)
 SPACE = (
     "instruction: ['', 'Say if it is positive or negative.', 'Label the text.']\n"
     "layout: ['Text: {text}\\nLabel:[P]', '{text} [T] =>[P]', 'Input: {text}\\nOutput:[P]']\n"

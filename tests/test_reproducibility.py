@@ -11,21 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from words_task import words_task_file
 
-TASK_FILE = '''
-import numpy as np
-from autoprompt.task import Example, Task
-
-WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
-rng = np.random.default_rng(0)
-
-def examples(n, split):
-    return [Example({"text": " ".join(rng.choice(WORDS, size=6))}, "positive" if i % 3 else "negative",
-                    f"{split}:{i}") for i in range(n)]
-
-task = Task(name="words", template="{text} =>[P]", verbalizer={"negative": ["negative"], "positive": ["positive"]},
-            splits={"train": examples(40, "train"), "dev": examples(60, "dev"), "test": examples(20, "test")})
-'''
+TASK_FILE = words_task_file(train=40, dev=60, test=20, positive_every=3)
 SPACE = (
     "instruction: ['', 'Say if it is positive or negative.']\n"
     "layout: ['Text: {text}\\nLabel:[P]', '{text} =>[P]']\n"

@@ -12,25 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from words_task import words_task_file
 
 from autoprompt.template_search import open_storage
 
-TASK_FILE = '''
-import numpy as np
-from autoprompt.task import Example, Task
-
-WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
-rng = np.random.default_rng(0)
-
-def examples(n, split):
-    return [Example({"text": " ".join(rng.choice(WORDS, size=6))}, "positive" if i % 2 else "negative",
-                    f"{split}:{i}") for i in range(n)]
-
-dev = examples(300, "dev")
-task = Task(name="words", template="{text} =>[P]",
-            verbalizer={"negative": ["negative"], "positive": ["positive"]},
-            splits={"train": examples(40, "train"), "dev": dev, "test": dev[:20]})
-'''
+TASK_FILE = words_task_file(train=40, dev=300, test=20, test_from_dev=True)
 
 SPACE = (
     "instruction: ['', 'Say if it is positive or negative.', 'Label the text.']\n"
