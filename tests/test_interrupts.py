@@ -40,8 +40,14 @@ def setup(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# the command line, run so that SIGUSR1 prints every thread's stack: a search that does not stop
+# when told says where it is
+_MAIN = ("import faulthandler, runpy, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+         "sys.argv[0] = 'autoprompt'; runpy.run_module('autoprompt.cli', run_name='__main__')")
+
+
 def cli(*args: object) -> list[str]:
-    return [sys.executable, "-m", "autoprompt.cli", *map(str, args)]
+    return [sys.executable, "-c", _MAIN, *map(str, args)]
 
 
 def optimize(setup: Path, model: Path, method: str, *extra: str) -> list[str]:
@@ -108,8 +114,11 @@ def test_interrupt_saves_the_best_so_far_and_resume_finishes(case: str, setup: P
     try:
         _, stderr = proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # where it is stuck
+        time.sleep(2)
         proc.kill()
-        pytest.fail(f"{signum.name} did not stop the search within 15 s")
+        _, stderr = proc.communicate()
+        pytest.fail(f"{signum.name} did not stop the search within 15 s; its threads:\n{stderr[-6000:]}")
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == ("terminated" if signum == signal.SIGTERM else "interrupted")
