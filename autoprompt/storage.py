@@ -7,6 +7,12 @@ trial sends a heartbeat, and a trial silent for ``GRACE_HEARTBEATS`` of them is 
 next worker that looks, and its params are queued to be run again. RDBStorage has this built
 in (heartbeat_interval, grace_period); Optuna's JournalStorage has not, so it gets the same
 through a subclass that keeps the heartbeat in a system attribute.
+
+Ctrl-C and SIGTERM never cut a storage call in half: while one runs (in the main thread) they
+are held, and raised when it returns. Cut in half, a SQLite statement's connection is
+invalidated but its lock lives on in the cursor the exception's traceback keeps alive, so the
+clean-up's own write (failing the stopped trial) waited out the 60 s busy timeout and then
+failed: the run ended "failed" a minute later instead of "interrupted" at once.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import signal
+import sys
 import threading
 import time
 import warnings
@@ -29,6 +37,83 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRACE_HEARTBEATS = 3  # a running trial silent for this many heartbeats is presumed dead
+SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite write waits for another worker's lock
+# a running trial that never sent a heartbeat (its worker died between ask and the first beat;
+# Optuna would leave it RUNNING forever) is failed this many seconds after it started
+NO_HEARTBEAT_GRACE = 60
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Hold:
+    depth = 0  # nested held blocks (main thread only)
+    pending: list[int] = []
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM that come while the block runs are raised when it ends (in the main
+    thread, where Python runs signal handlers; elsewhere, and when a handler was not set from
+    Python, the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _Hold.depth:
+        _Hold.depth += 1
+        try:
+            yield
+        finally:
+            _Hold.depth -= 1
+        return
+    saved = {s: signal.getsignal(s) for s in _HELD_SIGNALS}
+    if None in saved.values():
+        yield
+        return
+    _Hold.pending = []
+    for s in _HELD_SIGNALS:
+        signal.signal(s, _hold)
+    _Hold.depth = 1
+    try:
+        yield
+    finally:
+        _Hold.depth = 0
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(_Hold.pending):  # each once, in the order they came
+            _deliver(s, saved[s])
+
+
+def _hold(signum: int, frame) -> None:
+    _Hold.pending.append(signum)
+
+
+def _deliver(signum: int, handler) -> None:
+    if callable(handler):
+        handler(signum, sys._getframe(1))  # Python's SIGINT handler raises KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
+    # SIG_IGN: ignored, as it would have been
+
+
+def _held(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with signals_held():
+            return method(*args, **kwargs)
+
+    return call
+
+
+def hold_signals_in(storage):
+    """The storage, each of its methods now run with Ctrl-C/SIGTERM held (see above). Private ones
+    too: Optuna's cache in front of an RDBStorage calls its ``_get_trials``."""
+    if getattr(storage, "_autoprompt_held", False):
+        return storage
+    for name in dir(type(storage)):
+        if not name.startswith("__") and callable(getattr(type(storage), name, None)):
+            setattr(storage, name, _held(getattr(storage, name)))
+    storage._autoprompt_held = True
+    return storage
 
 
 def open_storage(url: str, *, heartbeat: int | None = None):
@@ -44,8 +129,8 @@ def open_storage(url: str, *, heartbeat: int | None = None):
         except OSError as exc:
             raise AutoPromptError(f"storage {url!r}: cannot open the journal file ({exc.strerror or exc})") from None
         if heartbeat is None:
-            return optuna.storages.JournalStorage(backend)
-        return _journal_with_heartbeat()(backend, heartbeat)
+            return hold_signals_in(optuna.storages.JournalStorage(backend))
+        return hold_signals_in(_journal_with_heartbeat()(backend, heartbeat))
     if "://" not in url:
         raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
                               "or a journal file path ending in .log")
@@ -54,14 +139,15 @@ def open_storage(url: str, *, heartbeat: int | None = None):
     options = {} if heartbeat is None else {"heartbeat_interval": heartbeat, "grace_period": GRACE_HEARTBEATS * heartbeat,
                                          "heartbeat_stale_trial_callback": rerun_stale_trial}
     if url.startswith("sqlite"):  # several workers (and heartbeat threads) wait their turn to write
-        options["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        options["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     elif url.startswith("postgresql"):  # a server that cannot be reached is an error, not a hang
         options["engine_kwargs"] = {"connect_args": {"connect_timeout": 15}}
     for attempt in range(6):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **options)
+                storage_class = optuna.storages.RDBStorage if heartbeat is None else _rdb_with_heartbeat()
+                return hold_signals_in(storage_class(url, **options))
         except (IntegrityError, ProgrammingError):
             # workers started together race to create the schema in an empty database: the
             # loser's CREATE fails on what the winner made; a moment later the tables are there
@@ -95,14 +181,17 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
         return
     storage, stop = study._storage, threading.Event()
 
+    def record() -> None:
+        try:
+            storage.record_heartbeat(trial._trial_id)
+        except Exception as exc:  # a storage hiccup must not kill the trial; the next beat may pass
+            log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
+
     def beat() -> None:
-        while True:
-            try:
-                storage.record_heartbeat(trial._trial_id)
-            except Exception as exc:  # a storage hiccup must not kill the trial; the next beat may pass
-                log.debug("heartbeat of trial %d failed: %s", trial.number, exc)
-            if stop.wait(storage.get_heartbeat_interval()):
-                return
+        while not stop.wait(storage.get_heartbeat_interval()):
+            record()
+
+    record()  # the first one now: until it is stored, the trial's death is only found after NO_HEARTBEAT_GRACE
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
     thread.start()
@@ -118,7 +207,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
     import optuna
 
     if has_heartbeat(study):
-        with warnings.catch_warnings():
+        with signals_held(), warnings.catch_warnings():  # failed and requeued, or neither
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
 
@@ -135,22 +224,29 @@ def requeue_interrupted(study: optuna.Study) -> None:
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+        with signals_held():  # failed and requeued, or neither
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            if t.params:
+                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
         log.info("trial %d was interrupted: marked failed, queued again", t.number)
 
 
 def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
-    """A trial this worker stops (Ctrl-C, SIGTERM): failed, its params queued for whoever goes on."""
+    """A trial this worker stops (Ctrl-C, SIGTERM): failed, its params queued for whoever goes on.
+    Called while the interrupt is being handled: a storage error here is logged, not raised, so
+    the interrupt still ends the run (a trial left RUNNING is requeued by --resume or heartbeats)."""
     import optuna
 
-    frozen = study._storage.get_trial(trial._trial_id)
-    if frozen.state != optuna.trial.TrialState.RUNNING:
-        return
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    if frozen.params:
-        study.enqueue_trial(frozen.params, user_attrs={"rerun_of": frozen.number})
+    try:
+        with signals_held():
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state != optuna.trial.TrialState.RUNNING:
+                return
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if frozen.params:
+                study.enqueue_trial(frozen.params, user_attrs={"rerun_of": frozen.number})
+    except Exception as exc:
+        log.warning("trial %d could not be marked failed: %s", trial.number, exc)
 
 
 @functools.cache
@@ -175,8 +271,10 @@ def _journal_with_heartbeat():
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             now, grace = time.time(), GRACE_HEARTBEATS * self.heartbeat_interval
             running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            return [t._trial_id for t in running
-                    if now - t.system_attrs.get("autoprompt:heartbeat", t.datetime_start.timestamp()) > grace]
+            return [t._trial_id for t in running if ("autoprompt:heartbeat" in t.system_attrs
+                                                     and now - t.system_attrs["autoprompt:heartbeat"] > grace)
+                    or ("autoprompt:heartbeat" not in t.system_attrs and t.datetime_start is not None
+                        and now - t.datetime_start.timestamp() > NO_HEARTBEAT_GRACE)]
 
         def get_heartbeat_interval(self) -> int | None:
             return self.heartbeat_interval
@@ -185,3 +283,29 @@ def _journal_with_heartbeat():
             return rerun_stale_trial
 
     return JournalStorageWithHeartbeat
+
+
+@functools.cache
+def _rdb_with_heartbeat():
+    """RDBStorage whose stale trials include running ones that never sent a heartbeat, once
+    NO_HEARTBEAT_GRACE has passed since they started (by the workers' clocks, which must agree)."""
+    import datetime
+
+    import optuna
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy.orm import selectinload
+
+    class RDBStorageWithHeartbeat(optuna.storages.RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = super()._get_stale_trial_ids(study_id)
+            now = datetime.datetime.now()
+            with _create_scoped_session(self.scoped_session, True) as session:
+                running = (session.query(models.TrialModel).options(selectinload(models.TrialModel.heartbeats))
+                           .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+                           .filter(models.TrialModel.study_id == study_id).all())
+                silent = [t.trial_id for t in running if not t.heartbeats and t.datetime_start is not None
+                          and (now - t.datetime_start).total_seconds() > NO_HEARTBEAT_GRACE]
+            return stale + [t for t in silent if t not in stale]
+
+    return RDBStorageWithHeartbeat

@@ -38,8 +38,10 @@ from autoprompt.storage import (  # noqa: F401  (open_storage, study_storage: us
     give_back,
     has_heartbeat,
     heartbeat,
+    hold_signals_in,
     open_storage,
     requeue_interrupted,
+    signals_held,
     study_storage,
 )
 
@@ -189,6 +191,7 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner)
         created = False
+    hold_signals_in(study._storage)  # Optuna's cache around the storage: kept in step with it on Ctrl-C too
     if resume and not shared:  # on a shared storage, other workers' trials are RUNNING too: heartbeats tell
         requeue_interrupted(study)
     # the manual prompt is queued once, by the worker that made the study (workers that all found it
@@ -243,19 +246,20 @@ def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templ
     """Ask for a trial and run it: its event, or None when another worker took the last slot."""
     import optuna
 
-    with warnings.catch_warnings():  # Optuna wants heartbeats used from study.optimize; we send them ourselves
-        warnings.simplefilter("ignore", UserWarning)
+    # a Ctrl-C during ask() waits for it: cut short, it could leave a RUNNING trial nobody holds
+    with signals_held(), warnings.catch_warnings():  # Optuna wants heartbeats used from study.optimize;
+        warnings.simplefilter("ignore", UserWarning)  # we send them ourselves
         trial = study.ask()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    alive = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
-             and t.state != optuna.trial.TrialState.FAIL]
-    if len(alive) >= cfg.trials:  # another worker took the last slot between our count and ask
-        trial.set_user_attr("over_budget", True)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return None
     t0 = time.perf_counter()
     try:
-        with heartbeat(study, trial):
+        with heartbeat(study, trial):  # (its first beat at once: see storage.NO_HEARTBEAT_GRACE)
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            alive = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                     and t.state != optuna.trial.TrialState.FAIL]
+            if len(alive) >= cfg.trials:  # another worker took the last slot between our count and ask
+                trial.set_user_attr("over_budget", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                return None
             event = _run_trial(model, task, space, cfg, study, trial, dev, seed)
     except KeyboardInterrupt:
         give_back(study, trial)
@@ -373,6 +377,7 @@ def best_trial_prompt(model: LanguageModel, task: Task, cfg: TemplateSearchConfi
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     except KeyError:  # interrupted before the study was made
         return None
+    hold_signals_in(study._storage)
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
     if not done:
         return None

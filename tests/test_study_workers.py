@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -89,3 +90,34 @@ def test_storage_urls_are_checked():
 
     with pytest.raises(AutoPromptError, match="expected a URL"):
         open_storage("not-a-url")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_that_never_sent_a_heartbeat_is_failed_once_the_grace_has_passed(kind, tmp_path, monkeypatch):
+    """A worker killed between ask() and its first heartbeat: Optuna would keep that trial RUNNING
+    forever, and the other workers, waiting for the last running trials, would wait forever too."""
+    from autoprompt import storage as storage_module
+    from autoprompt.storage import fail_stale_trials
+
+    S = optuna.trial.TrialState
+
+    url = str(tmp_path / "study.log") if kind == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat=1), study_name="s")
+    with warnings.catch_warnings():  # (heartbeats outside study.optimize: as the template search does)
+        warnings.simplefilter("ignore", UserWarning)
+        silent, beating = study.ask(), study.ask()
+    silent.suggest_int("x", 0, 9)  # ... and its worker died, before a first heartbeat
+    study._storage.record_heartbeat(beating._trial_id)
+    state = {t.number: t.state for t in study.trials}
+    monkeypatch.setattr(storage_module, "NO_HEARTBEAT_GRACE", 30)
+    fail_stale_trials(study)  # too early: it may just be slow to send its first one
+    assert [t.state for t in study.trials] == [S.RUNNING, S.RUNNING] == list(state.values())
+    monkeypatch.setattr(storage_module, "NO_HEARTBEAT_GRACE", 0)
+    time.sleep(0.01)
+    fail_stale_trials(study)
+    trials = study.trials
+    assert trials[silent.number].state == S.FAIL
+    assert trials[beating.number].state == S.RUNNING  # its heartbeat is fresh
+    rerun = [t for t in trials if t.user_attrs.get("rerun_of") == silent.number]
+    assert len(rerun) == 1 and rerun[0].state == S.WAITING
+    assert rerun[0].system_attrs["fixed_params"] == trials[silent.number].params == {"x": silent.params["x"]}
