@@ -59,7 +59,9 @@ def check_study(study: optuna.Study, setup: Path, trials: int) -> None:
     by_worker = logged_trials(setup)
     assert sorted(n for numbers in by_worker for n in numbers) == finished
     assert sum(bool(t.user_attrs.get("manual")) for t in study.trials) == 1
-    assert len({t.user_attrs["worker"] for t in study.trials if t.state == S.COMPLETE}) > 1
+    # more than one worker took trials (one alone may complete them all: on a loaded machine the
+    # first worker to load the model can finish the budget before the others have started)
+    assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) > 1
 
 
 @pytest.mark.slow
