@@ -18,6 +18,7 @@ failed: the run ended "failed" a minute later instead of "interrupted" at once.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import logging
 import signal
@@ -271,10 +272,11 @@ def _journal_with_heartbeat():
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             now, grace = time.time(), GRACE_HEARTBEATS * self.heartbeat_interval
             running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            return [t._trial_id for t in running if ("autoprompt:heartbeat" in t.system_attrs
-                                                     and now - t.system_attrs["autoprompt:heartbeat"] > grace)
-                    or ("autoprompt:heartbeat" not in t.system_attrs and t.datetime_start is not None
-                        and now - t.datetime_start.timestamp() > NO_HEARTBEAT_GRACE)]
+            def stale(t) -> bool:
+                last = t.system_attrs.get("autoprompt:heartbeat")
+                return _never_beat_too_long(t.datetime_start) if last is None else now - last > grace
+
+            return [t._trial_id for t in running if stale(t)]
 
         def get_heartbeat_interval(self) -> int | None:
             return self.heartbeat_interval
@@ -289,23 +291,28 @@ def _journal_with_heartbeat():
 def _rdb_with_heartbeat():
     """RDBStorage whose stale trials include running ones that never sent a heartbeat, once
     NO_HEARTBEAT_GRACE has passed since they started (by the workers' clocks, which must agree)."""
-    import datetime
-
     import optuna
+    import sqlalchemy
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
     from sqlalchemy.orm import selectinload
 
     class RDBStorageWithHeartbeat(optuna.storages.RDBStorage):
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            stale = super()._get_stale_trial_ids(study_id)
-            now = datetime.datetime.now()
+            """Optuna's rule (the last heartbeat older than the grace period, by the database's
+            clock), and running trials that never sent one."""
             with _create_scoped_session(self.scoped_session, True) as session:
+                db_now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
                 running = (session.query(models.TrialModel).options(selectinload(models.TrialModel.heartbeats))
                            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
                            .filter(models.TrialModel.study_id == study_id).all())
-                silent = [t.trial_id for t in running if not t.heartbeats and t.datetime_start is not None
-                          and (now - t.datetime_start).total_seconds() > NO_HEARTBEAT_GRACE]
-            return stale + [t for t in silent if t not in stale]
+                return [t.trial_id for t in running if (
+                    _never_beat_too_long(t.datetime_start) if not t.heartbeats
+                    else (db_now - t.heartbeats[0].heartbeat).total_seconds() > self.grace_period)]
 
     return RDBStorageWithHeartbeat
+
+
+def _never_beat_too_long(started: datetime.datetime | None) -> bool:
+    """A running trial without any heartbeat: presumed dead NO_HEARTBEAT_GRACE after it started."""
+    return started is not None and (datetime.datetime.now() - started).total_seconds() > NO_HEARTBEAT_GRACE
