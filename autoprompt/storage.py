@@ -272,6 +272,7 @@ def _journal_with_heartbeat():
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             now, grace = time.time(), GRACE_HEARTBEATS * self.heartbeat_interval
             running = self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
             def stale(t) -> bool:
                 last = t.system_attrs.get("autoprompt:heartbeat")
                 return _never_beat_too_long(t.datetime_start) if last is None else now - last > grace
