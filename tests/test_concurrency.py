@@ -86,11 +86,10 @@ def test_four_workers_one_killed_mid_trial(kind: str, study_setup: Path, tiny_ca
         seen = optuna.load_study(study_name=name, storage=storage).trials
         if not seen:  # the study exists, its first trial not yet
             continue
-        every_param = max(len(t.params) for t in seen)
-        for t in seen:  # (with every param chosen: it is scoring)
+        for t in seen:  # (prompt_key is set once every param is chosen: it is scoring)
             pid = int(t.user_attrs.get("worker", ":0").rsplit(":", 1)[1])
             if (t.state == S.RUNNING and not t.user_attrs.get("manual") and pid in by_pid
-                    and len(t.params) == every_param):
+                    and "prompt_key" in t.user_attrs):
                 victim, killed = by_pid[pid], t.number
                 victim.send_signal(signal.SIGKILL)
                 break
