@@ -213,10 +213,15 @@ def fail_stale_trials(study: optuna.Study) -> None:
             optuna.storages.fail_stale_trials(study)
 
 
-def rerun_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """The storage's callback for a trial failed as stale: run its params again."""
+def run_again(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a failed trial's params (those it had chosen) to be run again, marked as its rerun."""
     if trial.params:
         study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+
+
+def rerun_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """The storage's callback for a trial failed as stale: run its params again."""
+    run_again(study, trial)
     log.warning("trial %d lost its worker (no heartbeat): marked failed, queued again", trial.number)
 
 
@@ -227,8 +232,7 @@ def requeue_interrupted(study: optuna.Study) -> None:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         with signals_held():  # failed and requeued, or neither
             study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-            if t.params:
-                study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+            run_again(study, t)
         log.info("trial %d was interrupted: marked failed, queued again", t.number)
 
 
@@ -244,8 +248,7 @@ def give_back(study: optuna.Study, trial: optuna.Trial) -> None:
             if frozen.state != optuna.trial.TrialState.RUNNING:
                 return
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if frozen.params:
-                study.enqueue_trial(frozen.params, user_attrs={"rerun_of": frozen.number})
+            run_again(study, frozen)
     except Exception as exc:
         log.warning("trial %d could not be marked failed: %s", trial.number, exc)
 
