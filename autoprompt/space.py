@@ -59,8 +59,11 @@ class SearchSpace:
         """The space with the task's own template and verbalizer filled in, checked against it."""
         space = SearchSpace(**{**self.__dict__})
         space.layout = list(self.layout) if self.layout else [task.template]
-        space.verbalizer = list(self.verbalizer) if self.verbalizer else [dict(task.verbalizer or {})]
+        if task.verbalizer is not None:
+            space.verbalizer = list(self.verbalizer) if self.verbalizer else [dict(task.verbalizer)]
         space.check(task)
+        if task.verbalizer is None:
+            space.verbalizer = [None]  # free-form answers: one (empty) verbalizer choice
         return space
 
     def check(self, task: Task) -> None:

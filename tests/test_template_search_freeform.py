@@ -1,0 +1,58 @@
+"""The template search on free-form answers (LAMA-style facts): spaces without a verbalizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoprompt.optimize import optimize
+from autoprompt.prompt import Prompt
+from autoprompt.prompt_file import read_prompt_file
+from autoprompt.scoring import evaluate
+from autoprompt.space import SpaceError, load_space, space_from_dict
+from autoprompt.task import Example, Task
+from autoprompt.template_search import TemplateSearchConfig
+from autoprompt.trigger_search import TriggerSearchConfig
+
+FACTS = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Lisbon", "Portugal"),
+         ("Vienna", "Austria"), ("Athens", "Greece"), ("Oslo", "Norway"), ("Dublin", "Ireland"), ("Warsaw", "Poland")]
+
+
+def facts_task() -> Task:
+    examples = [Example({"subject": s}, o, f"facts:{i}") for i, (s, o) in enumerate(FACTS)]
+    return Task(name="facts", template="{subject} is in[P]", metric="precision@1",
+                splits={"train": examples[:6], "dev": examples[4:], "test": examples[6:]})
+
+
+def test_a_space_without_verbalizer_fits_a_free_form_task() -> None:
+    space = load_space("facts").for_task(facts_task())  # the README's space for LAMA tasks
+    assert space.verbalizer == [None] and space.layout == ["{subject} is in[P]"]
+    with pytest.raises(SpaceError, match="free-form"):  # a verbalizer the task cannot use is still refused
+        space_from_dict({"verbalizer": [{"a": ["x"], "b": ["y"]}]}).for_task(facts_task())
+
+
+def test_template_search_on_free_form_answers(causal_lm, tmp_path: Path) -> None:
+    task = facts_task()
+    space = tmp_path / "space.yaml"
+    space.write_text("instruction: ['', 'Answer with one word.']\n"
+                     "layout: ['{subject} is in[P]', 'Where is {subject}? It is in[P]']\n"
+                     "demonstrations: {k: [0, 2], selection: [random, similar]}\n", encoding="utf-8")
+    cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=3, rescore_top=2)
+    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                      template_config=cfg, progress=False)
+    study = optuna.load_study(study_name=result.run_dir.name, storage=f"sqlite:///{result.run_dir / 'study.db'}")
+    S = optuna.trial.TrialState
+    assert len(study.get_trials(states=(S.COMPLETE, S.PRUNED))) == 6
+    events = [e for e in result.history if e.get("stage") == "template"]
+    manual = Prompt.from_task(task)
+    manual_dev = evaluate(causal_lm, manual, task.examples("dev"), metric="precision@1").metrics["precision@1"]
+    assert events[0]["prompt"] == manual.template and events[0]["dev"] == pytest.approx(manual_dev)
+    assert result.prompt.verbalizer is None and result.metrics["dev"]["precision@1"] >= manual_dev
+    assert {"precision@1", "mrr"} <= set(result.metrics["test"])
+    saved = read_prompt_file(result.prompt_file)
+    assert saved.prompt.verbalizer is None and saved.search["method"] == "template"
+    # the winner's dev metric is what scoring it again gives
+    again = evaluate(causal_lm, result.prompt, task.examples("dev"), metric="precision@1").metrics["precision@1"]
+    assert result.metrics["dev"]["precision@1"] == pytest.approx(again)
