@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from autoprompt.errors import TemplateError
-from autoprompt.task import Example
+from autoprompt.task import Example, verbalizer_overlap
 from autoprompt.template import chat_wrap, count_triggers, escape_literal, fill_template, parse_template
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ class Prompt:
             raise TemplateError(f"demo_k {self.demo_k} needs 0..{len(self.demonstrations)} (the demonstrations pool)")
         if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
             raise TemplateError("calibration needs one value per label")
+        problem = verbalizer_overlap(self.verbalizer) if isinstance(self.verbalizer, dict) else None
+        if problem:
+            raise TemplateError(problem)
 
     @classmethod
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:

@@ -118,6 +118,13 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
                 pieces = model.tokenizer.convert_ids_to_tokens(token_ids)
                 raise TemplateError(f"label {label!r}: the word {word!r} is {len(token_ids)} tokens {pieces} "
                                     f"for {model.name}; a masked LM needs single-token label words")
+    owner: dict[tuple[int, ...], str] = {}
+    for label, words, word_ids in zip(prompt.labels, prompt.verbalizer.values(), ids, strict=False):
+        for word, token_ids in zip(words, word_ids, strict=False):
+            other = owner.setdefault(tuple(token_ids), label)
+            if other != label:  # e.g. "good" and " good": the same tokens as the answer
+                raise TemplateError(f"labels {other!r} and {label!r} both answer with the tokens of {word!r} for "
+                                    f"{model.name}: no prompt can tell those labels apart")
     return ids
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprompt.errors import TemplateError
 from autoprompt.prompt import Prompt, remove_triggers
+from autoprompt.task import verbalizer_overlap
 from autoprompt.template import RESERVED_FIELDS, parse_template, template_fields
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class SearchSpace:
             if sorted(verbalizer) != labels:
                 raise SpaceError(f"{where}: verbalizer {n + 1} has labels {sorted(verbalizer)}; "
                                  f"task {task.name} has {labels}")
+            problem = verbalizer_overlap(verbalizer)
+            if problem:
+                raise SpaceError(f"{where}: verbalizer {n + 1}: {problem}")
         for k in self.k:
             if not isinstance(k, int) or isinstance(k, bool) or k < 0:
                 raise SpaceError(f"{where}: demonstrations.k must be integers >= 0, not {k!r}")

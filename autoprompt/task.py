@@ -171,6 +171,22 @@ def _check_verbalizer(verbalizer: dict[str, list[str]], where: str) -> None:
             raise TaskError(
                 f"{where}: verbalizer label '{label}' has an empty word: {words!r}"
             )
+    problem = verbalizer_overlap(verbalizer)
+    if problem:
+        raise TaskError(f"{where}: {problem}")
+
+
+def verbalizer_overlap(verbalizer: dict[str, list[str]]) -> str | None:
+    """Why a verbalizer cannot tell its labels apart (a word given to two labels), or None."""
+    owner: dict[str, str] = {}
+    for label, words in verbalizer.items():
+        for word in words:
+            key = word.strip() if isinstance(word, str) else word
+            if key in owner and owner[key] != label:
+                return (f"the verbalizer gives the word {key!r} to both '{owner[key]}' and '{label}': "
+                        "no prompt can tell those labels apart")
+            owner.setdefault(key, label)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -258,3 +258,10 @@ def test_a_prefix_every_input_shares_is_encoded_once_with_the_same_scores(causal
     np.testing.assert_allclose(with_sharing, without, atol=1e-4)
     # nothing to share: sequences that differ early are scored whole
     assert scoring._Queries().share_common_prefix() == 0
+
+
+def test_label_words_with_the_same_tokens_are_refused(masked_lm: LanguageModel) -> None:
+    """A lowercasing tokenizer reads "Good" and "good" as one token: the two labels could never differ."""
+    prompt = Prompt(template="{text} it was [P] .", verbalizer={"negative": ["Good"], "positive": ["good"]})
+    with pytest.raises(TemplateError, match="'negative' and 'positive' both answer with the tokens of 'good'"):
+        score_labels(masked_lm, prompt, [Example({"text": "fine"}, "positive")])

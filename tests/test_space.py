@@ -61,6 +61,7 @@ def test_sentiment_space_fits_sst2():
     ("verbalizer: [{negative: [bad], good: [good]}]\n", "verbalizer 1 has labels ['good', 'negative']"),
     ("verbalizer: [{negative: [bad]}]\n", "at least two labels"),
     ("verbalizer: [{negative: [''], positive: [good]}]\n", "non-empty words"),
+    ("verbalizer: [{negative: [good], positive: [good]}]\n", "gives the word 'good' to both 'negative' and 'positive'"),
     ("demonstrations: {k: [-1]}\n", "integers >= 0"),
     ("demonstrations: {k: [2], how: [x]}\n", "unknown demonstrations key(s) how"),
     ("demonstrations: {selection: [nearest]}\n", "'nearest' is not one of: random, balanced"),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoprompt.errors import TaskError
+from autoprompt.errors import TaskError, TemplateError
+from autoprompt.prompt import Prompt
 from autoprompt.task import (
     BUILTIN_TASKS_DIR,
     Example,
@@ -161,6 +162,16 @@ def test_task_properties() -> None:
         TaskError, match=r"task 'toy' has no split 'test'; splits are: train, dev"
     ):
         task.examples("test")
+
+
+@pytest.mark.parametrize("verbalizer", [{"negative": ["good"], "positive": ["good"]},
+                                        {"negative": ["bad", " good"], "positive": ["good", "fine"]}])
+def test_a_verbalizer_that_cannot_separate_its_labels_is_refused(verbalizer) -> None:
+    with pytest.raises(TaskError, match=r"tasks/toy\.py: the verbalizer gives the word 'good' to both 'negative' and "
+                                        r"'positive': no prompt can tell those labels apart"):
+        make_task(verbalizer=verbalizer).validate()
+    with pytest.raises(TemplateError, match="no prompt can tell those labels apart"):
+        Prompt(template="{text}[P]", verbalizer=verbalizer)
 
 
 def test_validate_unknown_label_names_example() -> None:
