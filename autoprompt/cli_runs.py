@@ -30,11 +30,15 @@ def list_(runs_dir: str, as_json: bool) -> None:
     """A table of the runs: task, method, model, dev and test metric, work, time, state."""
     from autoprompt.runs import list_runs, summary
 
-    rows = [summary(run) for run in list_runs(runs_dir)]
+    default_dir = click.get_current_context().get_parameter_source("runs_dir") == click.core.ParameterSource.DEFAULT
+    rows = [summary(run) for run in list_runs(runs_dir, missing_ok=default_dir)]
     for row in rows:
         row["id"] = str(Path(row["path"]).relative_to(runs_dir))
     if as_json:
         click.echo(json.dumps({"runs_dir": runs_dir, "runs": rows}))
+        return
+    if not rows:  # not an error: nothing has run here yet
+        click.echo(f"no runs in {runs_dir}/ yet (autoprompt optimize writes them there)")
         return
     columns = ("id", "task", "method", "model", "metric", "dev", "test", "work", "time", "state")
     table = [[_cell(row, c) for c in columns] for row in rows]

@@ -114,16 +114,16 @@ class Run:
 
 # --- listing and comparing runs --------------------------------------------------------------
 
-def list_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> list[Run]:
-    """The run folders in ``runs_dir`` and one level below it (runs/demo/...), oldest first."""
+def list_runs(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, *, missing_ok: bool = False) -> list[Run]:
+    """The run folders in ``runs_dir`` and one level below it (runs/demo/...), oldest first
+    (none: an empty list). ``missing_ok``: a folder that does not exist has no runs, not an error."""
     root = Path(runs_dir)
     if not root.is_dir():
+        if missing_ok and not root.exists():
+            return []
         raise AutoPromptError(f"{root}: no such runs folder")
     folders = {p.parent for pattern in ("*/config.json", "*/*/config.json") for p in root.glob(pattern)}
-    runs = [Run(p) for p in sorted(folders, key=lambda p: (p.name, str(p))) if _is_run(p)]
-    if not runs:
-        raise AutoPromptError(f"{root}: no run folders in it (autoprompt optimize --runs-dir {root} makes them)")
-    return runs
+    return [Run(p) for p in sorted(folders, key=lambda p: (p.name, str(p))) if _is_run(p)]
 
 
 def find_run(spec: str | os.PathLike, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Run:

@@ -289,7 +289,6 @@ CASES = [
     Case("dashboard-not-a-run", lambda e: Run(["dashboard", e.tmp]), ("not a run folder",)),
     # --- runs and export
     Case("runs-list-missing-folder", lambda e: Run(["runs", "list", "--dir", e.tmp / "nope"]), ("nope", "no such runs folder")),
-    Case("runs-list-empty-folder", lambda e: Run(["runs", "list", "--dir", e.tmp]), ("no run folders",)),
     Case("runs-show-unknown-run", lambda e: Run(["runs", "show", "20990101-000000-x", "--dir", e.tmp]),
          ("20990101-000000-x", "no such run folder", "runs list")),
     Case("runs-show-not-a-run", lambda e: Run(["runs", "show", e.tmp]), ("not a run folder",)),

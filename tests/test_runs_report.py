@@ -233,3 +233,13 @@ def test_the_command_line_is_recorded_only_for_the_cli(monkeypatch) -> None:
     assert invoked_command() == "autoprompt optimize sst2"
     monkeypatch.setattr("sys.argv", ["/venv/bin/pytest", "-q"])
     assert invoked_command() is None
+
+
+def test_runs_list_of_a_folder_without_runs_is_not_an_error(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "not-a-run").mkdir()
+    result = CliRunner().invoke(main, ["runs", "list", "--dir", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.strip() == f"no runs in {tmp_path}/ yet (autoprompt optimize writes them there)"
+    assert json.loads(invoke("runs", "list", "--dir", tmp_path, "--json").stdout)["runs"] == []
+    monkeypatch.chdir(tmp_path)  # the default runs/ does not exist yet: a new user's first look
+    result = CliRunner().invoke(main, ["runs", "list"])
+    assert result.exit_code == 0 and result.output.startswith("no runs in runs/ yet")
