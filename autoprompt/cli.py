@@ -233,12 +233,18 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
     from autoprompt.trigger_search import TriggerSearchConfig
 
     seed_list = _parse_seeds(seeds, settings.get("seed"), resume) if seeds is not None else None
-    the_task = load_task(task)
+    given = {k: v for k, v in settings.items() if v is not None}
     if resume is not None:
         saved = Run.open(resume).config()
+        if click.get_current_context().get_parameter_source("method") != click.core.ParameterSource.DEFAULT \
+                and method != saved.get("method", method):
+            raise AutoPromptError(f"--resume {resume}: that run is a {saved.get('method')} run, not {method}")
         model = model or saved.get("model")
         method = saved.get("method", method)
-    given = {k: v for k, v in settings.items() if v is not None}
+        _check_resume_flags(given, search_labels, resume)
+    else:
+        _check_method_flags(method, given, search_labels)
+    the_task = load_task(task)
     template_names = {f.name for f in dataclasses.fields(TemplateSearchConfig)}
     config = TriggerSearchConfig(**{k: v for k, v in given.items() if k not in template_names})
     template_config = TemplateSearchConfig(**{k: v for k, v in given.items() if k in template_names})
@@ -276,6 +282,37 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
     click.echo(f"run folder: {result.run_dir}")
     click.echo(f"prompt file: {result.prompt_file}")
     click.echo(f"report: {result.report}")
+
+
+RUN_SETTINGS = ("seed", "time_budget")  # every method's; the rest belong to one search
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_method_flags(method: str, given: dict, search_labels: bool) -> None:
+    """A flag the chosen method would ignore is an error, not a silent no-op."""
+    from autoprompt.template_search import TemplateSearchConfig
+    from autoprompt.trigger_search import TriggerSearchConfig
+
+    users = {name: ("trigger", "hybrid") for name in (f.name for f in dataclasses.fields(TriggerSearchConfig))}
+    users |= {name: ("template", "hybrid") for name in (f.name for f in dataclasses.fields(TemplateSearchConfig))}
+    users |= {name: ("trigger", "template", "hybrid") for name in RUN_SETTINGS}
+    users["search_labels"] = ("trigger",)
+    unused = [name for name in [*given, *(["search_labels"] if search_labels else [])] if method not in users[name]]
+    if unused:
+        which = " or ".join(users[unused[0]])
+        raise AutoPromptError(f"--method {method} does not use {', '.join(map(_flag, unused))} "
+                              f"({_flag(unused[0])} is a setting of --method {which})")
+
+
+def _check_resume_flags(given: dict, search_labels: bool, resume: str) -> None:
+    """--resume continues a run with its saved settings; only the storage URL (its password is never saved) is given again."""
+    changed = [_flag(name) for name in given if name not in ("storage",)] + (["--search-labels"] if search_labels else [])
+    if changed:
+        raise AutoPromptError(f"--resume {resume} continues the run with the settings it was started with; "
+                              f"{', '.join(changed)} cannot change them (start a new run instead)")
 
 
 def _parse_seeds(text: str, seed: int | None, resume: str | None) -> list[int]:

@@ -128,6 +128,14 @@ def _optimize(*args) -> Callable[[Env], Run]:
                             "--runs-dir", env.out.parent / "runs", *[a(env) if callable(a) else a for a in args]])
 
 
+def _run_folder(env: Env) -> Path:
+    """A (finished-looking) run folder to resume."""
+    folder = env.tmp / "runs" / "20990101-000000-toy-trigger"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"method": "trigger", "task": "toy", "model": str(env.causal)}))
+    return folder
+
+
 def _empty_model_folder(env: Env) -> Path:
     folder = env.tmp / "empty-model"
     folder.mkdir()
@@ -284,6 +292,14 @@ CASES = [
     Case("template-space-bad-yaml", _optimize("--space", lambda e: _space(e, "layout: ['{text}[P]'\n")),
          ("space.yaml", "not valid YAML")),
     Case("template-storage-not-a-url", _optimize("--storage", "mysql-somewhere"), ("storage 'mysql-somewhere'",)),
+    Case("template-with-a-trigger-flag", _optimize("--steps", "3"),
+         ("--method template does not use --steps", "setting of --method trigger or hybrid")),
+    Case("template-with-search-labels", _optimize("--search-labels"), ("--method template does not use --search-labels",)),
+    Case("trigger-with-a-template-flag", lambda e: Run(["optimize", e.task(), "--model", e.causal, "--trials", "3",
+                                                        "--runs-dir", e.out.parent / "runs"]),
+         ("--method trigger does not use --trials", "setting of --method template or hybrid")),
+    Case("resume-with-a-changed-setting", lambda e: Run(["optimize", e.task(), "--resume", _run_folder(e), "--steps", "9"]),
+         ("continues the run with the settings it was started with", "--steps cannot change them")),
     Case("template-resume-not-a-run", lambda e: Run(["optimize", e.task(), "--resume", e.tmp, "--model", e.causal]),
          ("not a run folder",)),
     Case("dashboard-not-a-run", lambda e: Run(["dashboard", e.tmp]), ("not a run folder",)),
