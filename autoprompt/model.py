@@ -214,11 +214,9 @@ class CausalLM(LanguageModel):
 
 
 class MaskedLM(LanguageModel):
-    """An encoder with a masked-LM head. The head is applied only where an answer is read: for
-    the families in ``_masked_lm_head`` as their own layers, for any other family by running
-    its own forward on those hidden states alone (``_replay_head``), once checked against the
-    full forward; where that check fails, scores come from the full forward and the trigger
-    gradient is refused."""
+    """An encoder with a masked-LM head. For the families in ``_masked_lm_head`` the head is
+    applied only where an answer is read; any other family is scored by full forwards (slower)
+    and has no trigger gradient."""
 
     kind = "masked"
 
@@ -238,11 +236,10 @@ class MaskedLM(LanguageModel):
     def head_logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         head = _masked_lm_head(self.hf_model)
         if head is None:
-            if not self._head_replays:
-                raise ModelError(f"masked LM {self._family}: autoprompt cannot run its output head apart from "
-                                 "its encoder, so it has no trigger gradient (scoring it still works)")
-            logits = _replay_head(self.hf_model, hidden)
-            return logits if rows is None else logits[:, rows]
+            known = ", ".join(sorted(c.__name__ for c in _known_heads()))
+            raise ModelError(f"masked LM {type(self.hf_model).__name__}: autoprompt runs the output head apart from "
+                             f"the encoder (the trigger gradient needs it) only for {known}; this model can be "
+                             "scored and template-searched, not trigger-searched")
         transform, decoder = head
         weight, bias = decoder.weight, decoder.bias
         if rows is not None:
@@ -250,57 +247,10 @@ class MaskedLM(LanguageModel):
         return F.linear(transform(hidden), weight, bias)
 
     def log_probs_at(self, input_ids, attention_mask, rows, positions, vocab_rows=None, **past):
-        if _masked_lm_head(self.hf_model) is None and not self._head_replays:  # the full forward, slower
+        if _masked_lm_head(self.hf_model) is None:  # a family we don't know: the full forward, slower
             logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
             return logits[:, vocab_rows].float() if vocab_rows is not None else F.log_softmax(logits.float(), dim=-1)
         return super().log_probs_at(input_ids, attention_mask, rows, positions, vocab_rows, **past)
-
-    @property
-    def _family(self) -> str:
-        return f"{type(self.hf_model).__name__} (model type {getattr(self.hf_model.config, 'model_type', '?')!r})"
-
-    @cached_property
-    def _head_replays(self) -> bool:
-        """Whether ``_replay_head`` on the encoder's hidden states gives the full forward's logits
-        (checked once, on one short input)."""
-        text = f"the film was {self.tokenizer.mask_token or 'good'}, i think."
-        ids = self.tokenizer(text)["input_ids"][: self.max_length or None]
-        ids = torch.tensor([ids], device=self.device).clamp(max=self.vocab_size - 1)
-        mask = torch.ones_like(ids)
-        with torch.no_grad():
-            full = self.hf_model(input_ids=ids, attention_mask=mask).logits[0].float()
-            try:
-                replayed = _replay_head(self.hf_model, self.hidden_states(ids, mask)[0]).float()
-            except Exception as exc:  # a forward that cannot run on one-token dummies: no replay, whatever the cause
-                log.debug("replaying the head of %s failed: %r", self._family, exc)
-                replayed = None
-        tolerance = max(1e-3, 8 * torch.finfo(self.dtype).eps) * (1 + full.abs().max().item())
-        same = (replayed is not None and full.shape == replayed.shape
-                and (full - replayed).abs().max().item() <= tolerance)
-        log.info("masked LM %s: no known output head; %s", self._family,
-                 "its own head is run on the needed hidden states" if same
-                 else "its head does not run apart from its encoder: full forwards, no trigger gradient")
-        return same
-
-
-def _replay_head(hf_model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The logits [n, vocab] a masked LM's own forward gives for hidden states [n, hidden]: its
-    forward runs on n one-token dummies, with its encoder's output replaced by ``hidden``."""
-    dummy = torch.zeros(hidden.shape[0], 1, dtype=torch.long, device=hidden.device)
-
-    def swap(module, args, kwargs, output):
-        if not any(a is dummy for a in (*args, *kwargs.values())):  # another call of the encoder
-            return output
-        if isinstance(output, tuple):
-            return (hidden[:, None], *output[1:])
-        output["last_hidden_state"] = hidden[:, None]
-        return output
-
-    handle = hf_model.base_model.register_forward_hook(swap, with_kwargs=True)
-    try:
-        return hf_model(input_ids=dummy, attention_mask=torch.ones_like(dummy)).logits[:, 0]
-    finally:
-        handle.remove()
 
 
 def _masked_lm_head(hf_model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.nn.Linear] | None:
