@@ -288,6 +288,7 @@ def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templa
         return {**event, "state": "duplicate", "duplicate_of": same.number, "dev": same.value}
     prompt = build_prompt(model, task, space, choice, seed=seed)
     event["prompt"] = render_template(model, prompt)
+    gold = [e.answer for e in dev]
     predicted: list[str] = []
     ranks: list[int] = []
     for start in range(0, len(dev), cfg.chunk):
@@ -296,31 +297,34 @@ def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templa
         predicted += ev.predictions
         if ev.target_ranks is not None:
             ranks += [int(r) for r in ev.target_ranks]
-        correct = _correct(ev, chunk)
-        if cfg.pruner == "wilcoxon":
-            for k, ok in enumerate(correct):
-                trial.report(float(ok), start + k)
+        # the pruner sees the metric being optimized, on the dev examples scored so far
+        so_far = metric_value(task.metric, predicted, gold[: len(predicted)], np.asarray(ranks), task.labels)
+        if cfg.pruner == "wilcoxon":  # paired per example where the metric is a mean over examples, else per chunk
+            values = _per_example(task.metric, ev, chunk)
+            if values is None:
+                trial.report(metric_value(task.metric, ev.predictions, [e.answer for e in chunk],
+                                          np.asarray(ev.target_ranks), task.labels), start + len(chunk) - 1)
+            for k, value in enumerate(values or []):
+                trial.report(value, start + k)
         else:
-            trial.report(float(np.mean(_correct_all(predicted, ranks, dev))), len(predicted))
+            trial.report(so_far, len(predicted))
         if trial.should_prune():
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return {**event, "state": "pruned", "examples": len(predicted),
-                    "dev_so_far": float(np.mean(_correct_all(predicted, ranks, dev)))}
-    value = metric_value(task.metric, predicted, [e.answer for e in dev], np.asarray(ranks), task.labels)
+            return {**event, "state": "pruned", "examples": len(predicted), "dev_so_far": so_far}
+    value = metric_value(task.metric, predicted, gold, np.asarray(ranks), task.labels)
     study.tell(trial, value)
     return {**event, "state": "complete", "examples": len(predicted), "dev": value}
 
 
-def _correct(ev, examples: list[Example]) -> list[bool]:
-    if ev.target_ranks is not None:
-        return [int(r) == 0 for r in ev.target_ranks]
-    return [p == e.answer for p, e in zip(ev.predictions, examples, strict=True)]
-
-
-def _correct_all(predicted: list[str], ranks: list[int], dev: list[Example]) -> list[bool]:
-    if ranks:
-        return [r == 0 for r in ranks]
-    return [p == e.answer for p, e in zip(predicted, dev, strict=False)]
+def _per_example(metric: str, ev: Evaluation, examples: list[Example]) -> list[float] | None:
+    """Each example's share of a metric that is a mean over examples (None for macro-F1)."""
+    if metric == "accuracy":
+        return [float(p == e.answer) for p, e in zip(ev.predictions, examples, strict=True)]
+    if metric == "precision@1":
+        return [float(r == 0) for r in ev.target_ranks]
+    if metric == "mrr":
+        return [1.0 / (int(r) + 1) for r in ev.target_ranks]
+    return None
 
 
 def metric_value(metric: str, predicted: list[str], gold: list[str], ranks: np.ndarray, labels: list[str]) -> float:

@@ -1,7 +1,9 @@
-"""The template search on free-form answers (LAMA-style facts): spaces without a verbalizer."""
+"""The template search beyond accuracy on labels: free-form answers (LAMA-style facts, spaces without a
+verbalizer) and the pruner fed the task's own metric (macro-F1)."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import optuna
@@ -10,7 +12,7 @@ import pytest
 from autoprompt.optimize import optimize
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import read_prompt_file
-from autoprompt.scoring import evaluate
+from autoprompt.scoring import evaluate, macro_f1
 from autoprompt.space import SpaceError, load_space, space_from_dict
 from autoprompt.task import Example, Task
 from autoprompt.template_search import TemplateSearchConfig
@@ -56,3 +58,30 @@ def test_template_search_on_free_form_answers(causal_lm, tmp_path: Path) -> None
     # the winner's dev metric is what scoring it again gives
     again = evaluate(causal_lm, result.prompt, task.examples("dev"), metric="precision@1").metrics["precision@1"]
     assert result.metrics["dev"]["precision@1"] == pytest.approx(again)
+
+
+def test_the_pruner_sees_the_metric_being_optimized(causal_lm, tmp_path: Path) -> None:
+    """A macro-F1 task: each chunk's report is macro-F1 over the dev examples scored so far, not accuracy."""
+    words = ["good", "bad", "film", "plot", "the", "slow", "fun", "cast"]
+    examples = [Example({"text": f"{words[i % 8]} {words[(3 * i) % 8]} {words[(5 * i + 1) % 8]}"},
+                        ["negative", "positive", "positive"][i % 3], f"x:{i}") for i in range(30)]
+    task = Task(name="words", template="{text} =>[P]", metric="macro_f1",
+                verbalizer={"negative": ["negative"], "positive": ["positive"]},
+                splits={"train": examples[:12], "dev": examples, "test": examples[:6]})
+    space = tmp_path / "space.yaml"
+    space.write_text("instruction: ['', 'Is it positive or negative?']\n", encoding="utf-8")
+    cfg = TemplateSearchConfig(space=str(space), trials=2, pruner="median", trial_dev=0, chunk=10, rescore_top=1)
+    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                      template_config=cfg, progress=False)
+    study = optuna.load_study(study_name=result.run_dir.name, storage=f"sqlite:///{result.run_dir / 'study.db'}")
+    manual = study.trials[0]
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)  # trials read dev in one seeded order (their chunks are random samples)
+    shuffled = [examples[i] for i in order]
+    predicted = evaluate(causal_lm, Prompt.from_task(task), shuffled).predictions
+    gold = [e.answer for e in shuffled]
+    expected = {n: macro_f1(predicted[:n], gold[:n], task.labels) for n in (10, 20, 30)}
+    accuracy = {n: sum(p == g for p, g in zip(predicted[:n], gold[:n], strict=True)) / n for n in (10, 20, 30)}
+    assert expected != accuracy  # the test tells the two apart
+    assert manual.intermediate_values == pytest.approx(expected)
+    assert manual.value == pytest.approx(expected[30])
