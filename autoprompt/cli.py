@@ -197,7 +197,7 @@ def _config_options(cls):
                     ptype = click.FloatRange(min=0, min_open=True)
                 else:
                     ptype = str
-                option = click.option(flag, fld.name, type=ptype, default=None,
+                option = click.option(flag, fld.name, type=ptype, default=None, envvar=meta.get("envvar"),
                                       help=f"{meta.get('help', '')} [default: {fld.default}]")
             f = option(f)
         return f
@@ -233,25 +233,35 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
     from autoprompt.trigger_search import TriggerSearchConfig
 
     seed_list = _parse_seeds(seeds, settings.get("seed"), resume) if seeds is not None else None
-    given = {k: v for k, v in settings.items() if v is not None}
+    ctx = click.get_current_context()
+    given = {k: v for k, v in settings.items()  # flags on the command line ($AUTOPROMPT_STORAGE is a default)
+             if v is not None and ctx.get_parameter_source(k) != click.core.ParameterSource.ENVIRONMENT}
     if resume is not None:
         saved = Run.open(resume).config()
-        if click.get_current_context().get_parameter_source("method") != click.core.ParameterSource.DEFAULT \
+        if ctx.get_parameter_source("method") != click.core.ParameterSource.DEFAULT \
                 and method != saved.get("method", method):
             raise AutoPromptError(f"--resume {resume}: that run is a {saved.get('method')} run, not {method}")
         model = model or saved.get("model")
         method = saved.get("method", method)
         _check_resume_flags(given, search_labels, resume)
+        if "storage" in given and not (saved.get("template_search") or {}).get("storage"):
+            raise AutoPromptError(f"--resume {resume}: that run keeps its study in its own study.db; "
+                                  "--storage names a shared one")
     else:
         _check_method_flags(method, given, search_labels)
     the_task = load_task(task)
     template_names = {f.name for f in dataclasses.fields(TemplateSearchConfig)}
-    config = TriggerSearchConfig(**{k: v for k, v in given.items() if k not in template_names})
-    template_config = TemplateSearchConfig(**{k: v for k, v in given.items() if k in template_names})
+    every = {k: v for k, v in settings.items() if v is not None}
+    config = TriggerSearchConfig(**{k: v for k, v in every.items() if k not in template_names})
+    template_config = TemplateSearchConfig(**{k: v for k, v in every.items() if k in template_names})
     if method in ("template", "hybrid") and resume is None:
         from autoprompt.space import load_space
 
-        load_space(template_config.space).for_task(the_task)  # a bad space fails before the model loads
+        load_space(template_config.space).for_task(the_task)  # a bad space or storage fails before the model loads
+        if template_config.storage:
+            from autoprompt.storage import open_storage
+
+            open_storage(template_config.storage)
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     options = {"runs_dir": runs_dir, "search_labels": search_labels, "progress": True, "method": method,
                "template_config": template_config}
@@ -474,6 +484,7 @@ def models(as_json: bool) -> None:
 def dashboard(run: str, host: str, port: int) -> None:
     """Open optuna-dashboard on the study of a template or hybrid RUN."""
     from autoprompt.runs import Run
+    from autoprompt.storage import redact_url
     from autoprompt.template_search import open_storage, study_storage
 
     config = Run.open(run).config()
@@ -484,7 +495,7 @@ def dashboard(run: str, host: str, port: int) -> None:
     except ImportError:
         raise AutoPromptError("the dashboard needs optuna-dashboard: pip install 'autoprompt[dashboard]'") from None
     url = study_storage(Run.open(run))
-    click.echo(f"study storage: {url}; dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
+    click.echo(f"study storage: {redact_url(url)}; dashboard on http://{host}:{port}/ (Ctrl-C stops it)")
     run_server(open_storage(url), host=host, port=port)
 
 

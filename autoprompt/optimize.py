@@ -20,6 +20,7 @@ from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic
 from autoprompt.report import PREDICTIONS_FORMAT, split_record, write_report
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
 from autoprompt.scoring import Evaluation, evaluate, render_template
+from autoprompt.storage import redact, use_storage_again
 from autoprompt.task import Task
 from autoprompt.template_search import (
     TemplateSearchConfig,
@@ -157,7 +158,10 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     if resume is not None:
         run, saved = _reopen(resume, task, model)
         config = TriggerSearchConfig(**_known(TriggerSearchConfig, saved["trigger"]))
+        given_storage = tconfig.storage  # the URL again, with the password the run folder does not keep
         tconfig = TemplateSearchConfig(**_known(TemplateSearchConfig, saved["template_search"]))
+        if given_storage:
+            use_storage_again(given_storage, tconfig.storage, resume)
     else:
         load_space(tconfig.space).for_task(task)  # a bad space or storage fails before a run folder exists
         if tconfig.storage:
@@ -218,7 +222,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     if steps is not None:
         search["steps"] = steps
     prompt_file = save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
-                                              search=search), run.best_prompt_path)
+                                              search=redact(search)), run.best_prompt_path)
     seconds = time.perf_counter() - started
     run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
                                    "train_sample": train, "winner": stage, **({"steps": steps} if hybrid else {}),
@@ -243,9 +247,9 @@ def _run_config(task: Task, model: LanguageModel, method: str, **settings: Any) 
     """A run's config.json: what ran on what, and every setting."""
     from autoprompt.runs import invoked_command
 
-    return {"method": method, "task": task.name, "task_source": task.source, "model": model.name,
-            "model_source": model.source, "command": invoked_command(), "device": str(model.device),
-            "dtype": str(model.dtype).replace("torch.", ""), **settings}
+    return redact({"method": method, "task": task.name, "task_source": task.source, "model": model.name,
+                   "model_source": model.source, "command": invoked_command(), "device": str(model.device),
+                   "dtype": str(model.dtype).replace("torch.", ""), **settings})  # no storage password
 
 
 class _Stage:

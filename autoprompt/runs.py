@@ -152,9 +152,11 @@ def invoked_command() -> str | None:
     import shlex
     import sys
 
+    from autoprompt.storage import redact_url
+
     first = sys.argv[0] if sys.argv else ""
     if Path(first).name == "autoprompt" or first.endswith(("autoprompt/cli.py", "autoprompt/__main__.py")):
-        return shlex.join(["autoprompt", *sys.argv[1:]])
+        return shlex.join(["autoprompt", *map(redact_url, sys.argv[1:])])  # a --storage URL without its password
     return None
 
 

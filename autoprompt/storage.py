@@ -21,6 +21,8 @@ import contextlib
 import datetime
 import functools
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -122,18 +124,21 @@ def open_storage(url: str, *, heartbeat: int | None = None):
     ``heartbeat``: seconds between a running trial's heartbeats (None: no heartbeat)."""
     import optuna
 
+    shown = redact_url(url)
+    if shown != url:
+        _REAL_URLS[shown] = url  # for study_storage: the run folder keeps only the redacted URL
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend
 
         try:
             backend = JournalFileBackend(url.removeprefix("journal:"))
         except OSError as exc:
-            raise AutoPromptError(f"storage {url!r}: cannot open the journal file ({exc.strerror or exc})") from None
+            raise AutoPromptError(f"storage {shown!r}: cannot open the journal file ({exc.strerror or exc})") from None
         if heartbeat is None:
             return hold_signals_in(optuna.storages.JournalStorage(backend))
         return hold_signals_in(_journal_with_heartbeat()(backend, heartbeat))
     if "://" not in url:
-        raise AutoPromptError(f"storage {url!r}: expected a URL (sqlite:///path.db, postgresql://...) "
+        raise AutoPromptError(f"storage {shown!r}: expected a URL (sqlite:///path.db, postgresql://...) "
                               "or a journal file path ending in .log")
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
@@ -153,19 +158,79 @@ def open_storage(url: str, *, heartbeat: int | None = None):
             # workers started together race to create the schema in an empty database: the
             # loser's CREATE fails on what the winner made; a moment later the tables are there
             if attempt == 5:
-                raise AutoPromptError(f"storage {url!r}: could not create or open the Optuna tables") from None
+                raise AutoPromptError(f"storage {shown!r}: could not create or open the Optuna tables") from None
             time.sleep(0.5 * (attempt + 1))
         except ImportError as exc:
-            raise AutoPromptError(f"storage {url!r} needs a database driver: {exc}".splitlines()[0]) from None
+            raise AutoPromptError(redact_text(f"storage {shown!r} needs a database driver: {exc}".splitlines()[0], url)) from None
         except Exception as exc:  # sqlalchemy: bad URL, server down, auth
-            raise AutoPromptError(f"storage {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+            raise AutoPromptError(redact_text(f"storage {shown!r}: {type(exc).__name__}: {exc}".splitlines()[0], url)) from None
     raise AssertionError("unreachable")
 
 
 def study_storage(run: Run) -> str:
-    """The storage URL of a run's study: the shared one it was given, else its own study.db."""
+    """The storage URL of a run's study: the shared one it was given, else its own study.db. A shared
+    URL's password is never written to the run folder: it comes from this process (the URL it opened),
+    else from $AUTOPROMPT_STORAGE."""
     shared = (run.config().get("template_search") or {}).get("storage")
-    return shared or f"sqlite:///{(run.path / 'study.db').resolve()}"
+    if not shared:
+        return f"sqlite:///{(run.path / 'study.db').resolve()}"
+    if REDACTED not in shared:
+        return shared
+    from_env = os.environ.get(STORAGE_ENV, "")
+    real = _REAL_URLS.get(shared) or (from_env if redact_url(from_env) == shared else None)
+    if real is None:
+        raise AutoPromptError(f"storage {shared!r}: autoprompt never writes a storage password; give the URL "
+                              f"again with --storage or in ${STORAGE_ENV}")
+    return real
+
+
+# --- secrets: a storage URL's password is never written or printed ---------------------------
+
+STORAGE_ENV = "AUTOPROMPT_STORAGE"  # the storage URL (with its password) when --storage is not given
+REDACTED = "***"
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):(?P<secret>[^/@\s]*)@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&\s]*)", re.IGNORECASE)
+_REAL_URLS: dict[str, str] = {}  # redacted URL -> the URL this process was given
+
+
+def redact_url(text: str) -> str:
+    """``text`` with every URL password (``user:pass@``, ``?password=``) replaced by ***."""
+    if not isinstance(text, str):
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
+
+
+def use_storage_again(given: str, saved: str | None, run: object) -> None:
+    """A resumed run's storage URL given again: it must be the one the run was started with (a run
+    with its own study.db ignores it: $AUTOPROMPT_STORAGE may be set for other runs)."""
+    if saved is None:
+        return
+    if redact_url(given) != saved:
+        raise AutoPromptError(f"--resume {run}: the run's study is in {saved or 'its own study.db'}, "
+                              f"not {redact_url(given)}")
+    if given != saved:
+        _REAL_URLS[saved] = given
+
+
+def redact(data):
+    """JSON-like data with redact_url applied to every string in it (a config, a prompt file's search)."""
+    if isinstance(data, str):
+        return redact_url(data)
+    if isinstance(data, dict):
+        return {key: redact(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact(value) for value in data]
+    return data
+
+
+def redact_text(text: str, url: str) -> str:
+    """A message with the URL's password taken out wherever it appears (a driver may quote it)."""
+    text = redact_url(text)
+    for secret in [m["secret"] for m in _USERINFO.finditer(url)] + [m["secret"] for m in _QUERY_SECRET.finditer(url)]:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def has_heartbeat(study: optuna.Study) -> bool:

@@ -76,7 +76,9 @@ class TemplateSearchConfig:
     chunk: int = _opt(50, "Dev examples per pruning report.")
     rescore_top: int = _opt(3, "Best trials re-scored on all of dev before the winner is chosen.")
     storage: str | None = _opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
-                               "path ending in .log, postgresql://...); default: study.db in the run folder.")
+                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
+                               "in the run folder). Its password is never written or printed.",
+                               envvar="AUTOPROMPT_STORAGE")
     study_name: str | None = _opt(None, "Study name in --storage (default: TASK-template, so workers share it; "
                                   "without --storage: the run folder's name).")
     heartbeat: int = _opt(10, "Seconds between a running trial's heartbeats in a shared --storage; a trial silent "
