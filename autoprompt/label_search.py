@@ -17,6 +17,7 @@ import torch
 
 from autoprompt.errors import TaskError
 from autoprompt.prompt import Prompt
+from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import encode_examples, pack_batches, pad_right, render_template
 from autoprompt.template import spaced_answer, text_before_answer
 
@@ -38,6 +39,7 @@ class LabelWords:
         return {label: [w for w, _ in ranked[:n]] for label, ranked in self.words.items()}
 
 
+@cpu_tuned
 def answer_states(model: LanguageModel, prompt: Prompt, examples: list[Example], batch_tokens: int = 4096) -> torch.Tensor:
     """The last hidden state at [P] of each example, [n_examples, hidden], fp32."""
     encoded = encode_examples(model, prompt, examples)

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from autoprompt.errors import ModelError
 from autoprompt.prompt import ModelRef
-from autoprompt.runtime import tune_cpu
 from autoprompt.template import TemplateRenderer
 
 log = logging.getLogger(__name__)
@@ -397,8 +396,6 @@ def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = 
         aliases = ", ".join(BUILTIN_MODELS)
         raise ModelError(f"unknown model {name!r}: not a built-in alias ({aliases}), a .gguf file, "
                          "a model folder, or a Hugging Face id (org/name)")
-    if torch_device.type == "cpu":
-        tune_cpu()
     model = _from_pretrained(folder, name=name, source=source, device=torch_device,
                              dtype=dtype, trust_remote_code=trust_remote_code)
     log.info("loaded %s (%s, %s, %s) in %.1fs", name, model.kind, torch_device, model.dtype,

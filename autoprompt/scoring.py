@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from autoprompt.errors import TemplateError
+from autoprompt.runtime import cpu_tuned, tuned
 from autoprompt.template import Encoded
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example
     return out
 
 
+@cpu_tuned
 def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int | None = None) -> torch.Tensor:
     """The model's own embedding of each text: its last hidden states, mean-pooled, unit length. [n, hidden]"""
     ids = [model.renderer.field_ids(t)[: model.max_length] or [model.pad_id] for t in texts]
@@ -128,6 +130,7 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
     return ids
 
 
+@cpu_tuned
 def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                  candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
                  batch_tokens: int | None = None, progress: bool = False, over: str = "vocab") -> np.ndarray:
@@ -188,6 +191,7 @@ def _log_normalize(scores: np.ndarray) -> np.ndarray:
     return scores - _logsumexp(scores)[:, None]
 
 
+@cpu_tuned
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                   candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
                   batch_tokens: int | None = None, progress: bool = False
@@ -486,7 +490,7 @@ class PrefixCache:
         encoded = encode_examples(model, prompt, examples)
         if not model.is_causal or not encoded or not encoded[0].trigger_positions:
             return None
-        with torch.inference_mode():
+        with torch.inference_mode(), tuned(model.device):
             return cls(model, [e.input_ids[: e.trigger_positions[0]] for e in encoded])
 
     def inputs(self, prefix_rows: list[int], mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt
+from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import (
     PrefixCache,
     encode_examples,
@@ -168,6 +169,7 @@ def allowed_tokens(model: LanguageModel, prompt: Prompt, *, ascii_only: bool, wh
 
 # --- gradient ------------------------------------------------------------------------------
 
+@cpu_tuned
 def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Example], loss_kind: str) -> torch.Tensor:
     """-grad . E for every slot and token, [n_slots, vocab]: how much each swap should lower the loss.
 
