@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
 from autoprompt.model import LanguageModel
 from autoprompt.predict import Predictor
@@ -81,6 +82,7 @@ def _optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, 
     if method != "trigger":
         raise AutoPromptError(f"unknown method {method!r}; use trigger, template or hybrid")
     started = time.perf_counter()
+    budget = Budget(None)  # the whole run: search and the scoring after it (its seconds: the config's, below)
     manual_task = task
     if resume is not None:
         run, saved = _reopen(resume, task, model)
@@ -108,14 +110,17 @@ def _optimize(task: Task, config: TriggerSearchConfig, model: LanguageModel, *, 
     log.info("run folder: %s", run.path)
     opened.append(run)
     run.write_json("result.json", {"state": "running"})
+    budget.seconds = config.time_budget  # (a resumed run's saved setting)
+    budget.already = state.seconds if state else 0.0  # a resumed run's earlier search
+    budget.keep_for(2 * _final_examples(task))
     try:
-        prompt, state = trigger_search(model, task, config, run=run, state=state, progress=progress)
+        prompt, state = trigger_search(model, task, config, run=run, state=state, progress=progress, budget=budget)
     except Exception:
         run.write_json("result.json", {"state": "failed"})
         raise
     # the checkpoint keeps the best prompt's dev metrics, not its predictions: dev is scored again
     metrics, baseline, train = _final_evaluations(model, prompt, Prompt.from_task(manual_task), task, run,
-                                                  seed=config.seed)
+                                                  seed=config.seed, progress=progress)
     prompt_file = save_prompt_file(PromptFile(
         prompt, task_name=task.name, metric=task.metric, metrics=metrics,
         search={"method": "trigger", "run": run.name, "steps": state.step, "seed": config.seed,
@@ -154,6 +159,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     from autoprompt.template_search import with_manual_choices
 
     started = time.perf_counter()
+    budget = Budget(None)  # the whole run: search and the scoring after it
     method = "hybrid" if hybrid else "template"
     if resume is not None:
         run, saved = _reopen(resume, task, model)
@@ -175,6 +181,8 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
     opened.append(run)
     storage = study_storage(run)
     run.write_json("result.json", {"state": "running"})
+    budget.seconds = config.time_budget
+    budget.keep_for(_template_final_examples(task, tconfig, hybrid))
     try:
         if resume is not None and (run.path / "template_winner.json").exists():
             saved_winner = run.read_json("template_winner.json")
@@ -184,7 +192,8 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
             tpl = {"prompt": build_prompt(model, task, space, choice, seed=config.seed), "choice": choice,
                    "dev": saved_winner["dev"], "trials": saved_winner["trials"], "space": space, "evaluation": None}
         else:
-            result = template_search(model, task, tconfig, seed=config.seed, time_budget=config.time_budget, run=run,
+            result = template_search(model, task, tconfig, seed=config.seed, run=run,
+                                     budget=budget.stage(0.5) if hybrid else budget,  # the hybrid: half for triggers
                                      storage_url=storage, study_name=study_name(run),
                                      resume=resume is not None, progress=progress)
             tpl = {"prompt": result.prompt, "choice": result.choice, "dev": result.dev, "trials": result.trials,
@@ -201,7 +210,7 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
                 run.truncate_log(1 + max(i for i, e in enumerate(run.events())
                                          if e.get("stage") == "trigger" and e.get("step", -1) <= state.step))
             found, state = trigger_search(model, task, config, run=_Stage(run, "trigger"), state=state,
-                                          progress=progress, base=base)
+                                          progress=progress, base=base, budget=budget)
             steps = state.step
             if tpl["choice"].calibration == "contextual":
                 found = dataclasses.replace(found, calibration=content_free_calibration(model, found))
@@ -214,7 +223,8 @@ def _optimize_template(task: Task, config: TriggerSearchConfig, tconfig: Templat
         run.write_json("result.json", {"state": "failed"})
         raise
     metrics, baseline, train = _final_evaluations(model, prompt, Prompt.from_task(task), task, run, seed=config.seed,
-                                                  known={"dev": dev_evaluation} if dev_evaluation else None)
+                                                  known={"dev": dev_evaluation} if dev_evaluation else None,
+                                                  progress=progress)
     search = {"method": method, "run": run.name, "seed": config.seed, "winner": stage,
               "choice": dataclasses.asdict(tpl["choice"]), "trials": tpl["trials"],
               "config": {"template_search": dataclasses.asdict(tconfig),
@@ -322,12 +332,29 @@ def _with_triggers(model: LanguageModel, prompt: Prompt, ids: list[int]) -> Prom
     return prompt.with_triggers(ids, [model.tokenizer.decode([i]) for i in ids])
 
 
+def _final_examples(task: Task) -> int:
+    """Examples one prompt is scored on at the end of a run: dev, test and the train sample."""
+    return sum(len(task.splits.get(s) or []) for s in ("dev", "test")) + min(TRAIN_SAMPLE, len(task.splits.get("train") or []))
+
+
+def _template_final_examples(task: Task, tconfig: TemplateSearchConfig, hybrid: bool) -> int:
+    """What a template (or hybrid) run scores after its search: the best trials re-scored on dev
+    (the winner's dev scores are kept), both prompts at the end, and the hybrid's prompt on dev."""
+    dev = len(task.splits.get("dev") or [])
+    rescored = 1 if not tconfig.trial_dev or tconfig.trial_dev >= dev else max(1, tconfig.rescore_top)
+    return rescored * dev + 2 * _final_examples(task) - dev + (dev if hybrid else 0)
+
+
 def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Prompt, task: Task, run: Run, *,
-                       seed: int, known: dict[str, Evaluation] | None = None):
+                       seed: int, known: dict[str, Evaluation] | None = None, progress: bool = False):
     """The found prompt and the baseline scored on dev, test and a seeded sample of train, once
     each; their predictions go to predictions.json for the report. Returns the dev/test metrics
     of both and the train sample's. Test is only ever reported, never used to choose."""
+    from tqdm.auto import tqdm
+
     known = known or {}
+    bar = tqdm(total=2 * _final_examples(task) - sum(len(e.predictions) for e in known.values()),
+               desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
               "prompt_text": render_template(model, prompt), "baseline_text": render_template(model, baseline_prompt),
               "splits": {}}
@@ -340,14 +367,18 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
         if split == "train" and len(examples) > TRAIN_SAMPLE:
             indices = sorted(random.Random(seed).sample(range(len(examples)), TRAIN_SAMPLE))
             examples = [examples[i] for i in indices]
+        bar.set_postfix(split=split)
         found = known.get(split) or evaluate(model, prompt, examples, metric=task.metric)
+        bar.update(0 if split in known else len(examples))
         base = evaluate(model, baseline_prompt, examples, metric=task.metric)
+        bar.update(len(examples))
         record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
         if split == "train":
             train = {"examples": len(examples), "of": len(task.splits[split]), "metrics": found.metrics,
                      "baseline": base.metrics}
         else:
             metrics[split], baseline[split] = found.metrics, base.metrics
+    bar.close()
     shown_split = "test" if task.splits.get("test") else "dev"
     example = task.examples(shown_split)[0]
     record["example"] = {"split": shown_split, "fields": example.fields, "answer": example.answer,

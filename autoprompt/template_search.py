@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt, remove_triggers
 from autoprompt.scoring import (
@@ -173,9 +174,10 @@ def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: C
 
 
 def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig, *, seed: int = 0,
-                    time_budget: float | None = None, run: Run | None = None, storage_url: str,
+                    budget: Budget | None = None, run: Run | None = None, storage_url: str,
                     study_name: str, resume: bool = False, progress: bool = True) -> TemplateResult:
-    """Run (or continue) the study; returns the winner after re-scoring the best on all of dev."""
+    """Run (or continue) the study; returns the winner after re-scoring the best on all of dev.
+    ``budget``: when to stop taking trials (default: no limit)."""
     import optuna
     from tqdm.auto import tqdm
 
@@ -204,16 +206,17 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     order = list(range(len(dev)))
     random.Random(seed).shuffle(order)  # chunks are random samples of dev, the same for every trial
     trial_dev = [dev[i] for i in order[: cfg.trial_dev or None]]
-    started = time.perf_counter()
+    budget = budget or Budget(None)
     bar = tqdm(total=cfg.trials, initial=_finished(study), desc="template search", unit="trial", disable=not progress)
     try:
         while _has_budget_left(study, cfg.trials):
-            if time_budget is not None and time.perf_counter() - started > time_budget:
-                log.info("time budget of %.0fs spent", time_budget)
+            if budget.spent():
+                log.info("time budget: no more trials (%s)", budget.describe())
                 break
             event = _next_trial(model, task, space, cfg, study, trial_dev, seed)
             if event is None:
                 continue
+            budget.record(event.get("examples", 0), event["seconds"])
             if run is not None:
                 run.log({"stage": "template", **event})
             bar.update(1)
@@ -221,7 +224,7 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
             bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
     finally:
         bar.close()
-    return _choose_winner(model, task, space, cfg, study, seed, run)
+    return _choose_winner(model, task, space, cfg, study, seed, run, progress)
 
 
 def _has_budget_left(study: optuna.Study, trials: int) -> bool:
@@ -404,9 +407,10 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
-                   study: optuna.Study, seed: int, run: Run | None) -> TemplateResult:
+                   study: optuna.Study, seed: int, run: Run | None, progress: bool = False) -> TemplateResult:
     """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value)."""
     import optuna
+    from tqdm.auto import tqdm
 
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if "duplicate_of" not in t.user_attrs and t.value is not None]
@@ -416,18 +420,20 @@ def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: Te
     dev = task.examples("dev")
     full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)
     best = None
-    for t in done[: max(1, cfg.rescore_top)]:
+    top = done[: 1 if full_dev else max(1, cfg.rescore_top)]
+    bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not progress)
+    for t in top:
         choice = Choice.from_params(t.params, space)
         prompt = build_prompt(model, task, space, choice, seed=seed)
         evaluation = evaluate(model, prompt, dev, metric=task.metric)
+        bar.update(len(dev))
         metrics = evaluation.metrics
         if run is not None:
             run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value, "dev": metrics[task.metric]})
         key = (metrics[task.metric], t.value)
         if best is None or key > best[0]:
             best = (key, prompt, choice, evaluation)
-        if full_dev:  # trials already saw all of dev: the best trial is the winner
-            break
+    bar.close()
     _, prompt, choice, evaluation = best
     return TemplateResult(prompt, choice, evaluation.metrics, trial_counts(study), space, evaluation)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import cpu_tuned
@@ -68,7 +69,8 @@ class TriggerSearchConfig:
     dev_every: int = _opt(5, "Score the current prompt on dev every N steps.")
     dev_limit: int | None = _opt(None, "Dev examples used for selection (default: all; their prefixes are cached).")
     patience: int | None = _opt(None, "Stop after this many dev checks without improvement.")
-    time_budget: float | None = _opt(None, "Stop after this many seconds.")
+    time_budget: float | None = _opt(None, "Seconds for the whole command (10m, 1h): the search stops early "
+                                     "enough to leave time for the scoring after it.")
     init_token: str = _opt("!", "Initial text of every trigger slot (one token; GCG's \"!\" keeps the template's accuracy).")
     ascii_only: bool = _opt(True, "Only propose tokens whose text is ASCII.")
     whole_words: bool = _opt(False, "Only propose tokens that start a word (leading space).")
@@ -282,12 +284,15 @@ def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, b
 
 def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *, run=None,
                    state: TriggerState | None = None, progress: bool = True,
-                   base: Prompt | None = None) -> tuple[Prompt, TriggerState]:
+                   base: Prompt | None = None, budget: Budget | None = None) -> tuple[Prompt, TriggerState]:
     """Run the search (or continue it from ``state``); returns the best prompt and the final state.
-    ``base``: a prompt with [T] slots to search inside (default: the task's template)."""
+    ``base``: a prompt with [T] slots to search inside (default: the task's template). ``budget``: when
+    to stop (default: ``cfg.time_budget`` seconds of search)."""
     from tqdm.auto import tqdm
 
     base = initial_prompt(model, task, cfg, base)
+    if budget is None:
+        budget = Budget(cfg.time_budget, already=state.seconds if state else 0.0)
     state = state or TriggerState(trigger_ids=list(base.trigger_ids), best_trigger_ids=list(base.trigger_ids))
     for ids in (state.trigger_ids, state.best_trigger_ids):
         if len(ids) != len(base.trigger_ids) or any(i >= model.vocab_size for i in ids):
@@ -306,17 +311,17 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     if ranker is not model:
         log.info("ranking candidates in %s; confirming and scoring dev in %s", ranker.dtype, model.dtype)
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
-        _check_dev(model, prompt, state, dev, task.metric, dev_cache)
+        _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget)
         _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
     while state.step < cfg.steps:
-        if cfg.time_budget is not None and time.perf_counter() - started > cfg.time_budget:
-            log.info("time budget of %.0fs spent after %d steps", cfg.time_budget, state.step)
+        if budget.spent():
+            log.info("time budget: stopping after %d steps (%s)", state.step, budget.describe())
             break
         t0 = time.perf_counter()
         event = _step(model, prompt, state, cfg, rng, train, allowed, ranker)
         prompt = _with_ids(model, base, state.trigger_ids)
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
-            event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache)
+            event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget)
         event["seconds"] = round(time.perf_counter() - t0, 3)
         state.seconds = time.perf_counter() - started
         state.rng_state = rng.getstate()
@@ -360,9 +365,11 @@ def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: Trigge
 
 
 def _check_dev(model: LanguageModel, prompt: Prompt, state: TriggerState, dev: list[Example], metric: str,
-               cache: PrefixCache | None) -> float:
+               cache: PrefixCache | None, budget: Budget) -> float:
     """Score the current prompt on dev; remember it if it is the best so far (ties: gold log-prob)."""
+    t0 = time.perf_counter()
     metrics = evaluate(model, prompt, dev, metric=metric, prefix_cache=cache).metrics
+    budget.record(len(dev), time.perf_counter() - t0)
     log_prob = metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
     if (metrics[metric], log_prob) > (state.best_dev, state.best_dev_log_prob):
         state.best_dev, state.best_dev_log_prob = metrics[metric], log_prob
