@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.autoprompt-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test fuzz lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+fuzz: install
+	# the parsers of untrusted input on fresh random examples, ten times as many as make test's
+	# fixed set (profiles: tests/conftest.py); a failure prints @reproduce_failure to replay it
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest tests/test_fuzz.py
+
 lint: install
 	$(BIN)/ruff check autoprompt tests tasks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprompt.errors import AutoPromptError, PromptFileError
+from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
 from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.task import Example
+from autoprompt.template import parse_template
 
 FORMAT = "autoprompt.prompt/v1"
 SUFFIX = ".prompt.json"
 MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
+MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
              "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search"}
@@ -98,7 +100,9 @@ def read_prompt_file(path: str | os.PathLike) -> PromptFile:
 
 
 def from_json(data: Any) -> PromptFile:
-    """Build a PromptFile from parsed JSON, checking every field's type first."""
+    """Build a PromptFile from parsed JSON, checking every field's type first. Anything
+    malformed raises PromptFileError, naming the field where it can."""
+    _check(_depth(data) <= MAX_DEPTH, f"JSON nested too deeply (more than {MAX_DEPTH} levels)")
     _check(isinstance(data, dict), "the top level must be a JSON object")
     fmt = data.get("format")
     if fmt != FORMAT:
@@ -145,19 +149,29 @@ def from_json(data: Any) -> PromptFile:
     for split, values in metrics.items():
         _check(isinstance(values, dict) and all(isinstance(v, (int, float)) for v in values.values()),
                f"metrics[{split!r}] must map metric names to numbers")
-    prompt = Prompt(
-        template=_typed(data["template"], str, "template"),
-        verbalizer={k: list(v) for k, v in verbalizer.items()} if verbalizer is not None else None,
-        trigger_ids=tuple(t["id"] for t in triggers),
-        trigger_tokens=tuple(t["text"] for t in triggers),
-        instruction=_typed(data.get("instruction", ""), str, "instruction"),
-        demonstrations=tuple(demos),
-        demo_k=demo_k,
-        chat=_typed(data.get("chat", False), bool, "chat"),
-        calibration=tuple(float(v) for v in calibration),
-        model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),
-        fields=tuple(fields),
-    )
+    template = _typed(data["template"], str, "template")
+    try:
+        parse_template(template)
+    except TemplateError as exc:
+        raise PromptFileError(f"field template: {exc}") from None
+    try:
+        prompt = Prompt(
+            template=template,
+            verbalizer={k: list(v) for k, v in verbalizer.items()} if verbalizer is not None else None,
+            trigger_ids=tuple(t["id"] for t in triggers),
+            trigger_tokens=tuple(t["text"] for t in triggers),
+            instruction=_typed(data.get("instruction", ""), str, "instruction"),
+            demonstrations=tuple(demos),
+            demo_k=demo_k,
+            chat=_typed(data.get("chat", False), bool, "chat"),
+            calibration=tuple(float(v) for v in calibration),
+            model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),
+            fields=tuple(fields),
+        )
+    except PromptFileError:
+        raise
+    except AutoPromptError as exc:  # what Prompt itself refuses, should a check above miss it
+        raise PromptFileError(f"not a valid prompt: {exc}") from None
     _check(prompt.n_trigger_slots == len(triggers),
            f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
     return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),
@@ -165,6 +179,24 @@ def from_json(data: Any) -> PromptFile:
                       search=_typed(data.get("search", {}), dict, "search"),
                       created=_typed(data.get("created", ""), str, "created"),
                       autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
+
+
+def _depth(data: Any) -> int:
+    """How deeply JSON arrays and objects nest in data (a scalar: 0); without recursion, so a
+    bomb of nested brackets cannot exhaust the stack."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:  # deep enough to refuse: no need to walk the rest
+            break
+        stack.extend((item, depth + 1) for item in value)
+    return deepest
 
 
 def _finite(value: int | float) -> bool:

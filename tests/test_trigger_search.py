@@ -90,6 +90,69 @@ def test_gradient_points_to_lower_loss(causal_lm):
     assert top_loss < bottom_loss
 
 
+def plain_trigger_gradient(model, prompt: Prompt, examples: list[Example], loss_kind: str) -> torch.Tensor:
+    """-d loss / d one-hot, [n_slots, vocab], by plain autograd through each whole sequence: no
+    prefix cache, no split; right padding; the loss written out from its definition."""
+    from autoprompt.scoring import encode_examples, label_word_ids
+
+    embedding = model.hf_model.get_input_embeddings().weight
+    encoded = encode_examples(model, prompt, examples)
+    n_slots = len(prompt.trigger_ids)
+    one_hot = torch.zeros(n_slots, model.vocab_size)
+    one_hot[torch.arange(n_slots), torch.tensor(prompt.trigger_ids)] = 1
+    one_hot.requires_grad_(True)
+    width = max(len(e.input_ids) for e in encoded)
+    rows, mask = [], torch.zeros(len(encoded), width, dtype=torch.long)
+    for r, e in enumerate(encoded):
+        row = [embedding[i] for i in e.input_ids] + [embedding[model.pad_id]] * (width - len(e.input_ids))
+        for slot, position in enumerate(e.trigger_positions):
+            row[position] = one_hot[slot] @ embedding
+        rows.append(torch.stack(row))
+        mask[r, : len(e.input_ids)] = 1
+    logits = model.hf_model(inputs_embeds=torch.stack(rows), attention_mask=mask).logits
+    at_answer = logits[torch.arange(len(encoded)), torch.tensor([e.answer_position for e in encoded])]
+    log_probs = torch.log_softmax(at_answer.float(), dim=-1)  # [n, vocab]
+    first_tokens = [[ids[0] for ids in words] for words in label_word_ids(model, prompt)]
+    scores = torch.stack([torch.logsumexp(log_probs[:, ids], dim=1) for ids in first_tokens], dim=1)  # [n, labels]
+    if loss_kind == "labels":
+        scores = torch.log_softmax(scores, dim=1)
+    gold = torch.tensor([prompt.labels.index(e.answer) for e in examples])
+    loss = -scores[torch.arange(len(examples)), gold]
+    loss.mean().backward()
+    return -one_hot.grad
+
+
+@pytest.mark.parametrize("loss_kind", ["labels", "vocab"])
+@pytest.mark.parametrize("shared_head", [False, True], ids=["template", "instruction+demos"])
+def test_trigger_gradient_equals_plain_autograd(causal_lm, loss_kind, shared_head):
+    """The gradient with the prefix before the first trigger cached (and, with an instruction and
+    demonstrations, their shared head cached once) is the gradient through the unsplit sequences."""
+    model = causal_lm
+    assert model.dtype == torch.float32
+    verbalizer = {"negative": ["negative", "bad"], "positive": ["positive", "good"]}
+    texts = ["a fine film", "the plot is thin and the acting is even thinner", "it moves",
+             "what a cast of truly great actors", "slow"]  # different lengths: padded rows
+    answers = ["positive", "negative", "positive", "positive", "negative"]
+    examples = [Example({"text": t}, a, f"e{i}") for i, (t, a) in enumerate(zip(texts, answers, strict=True))]
+    extra = {}
+    if shared_head:
+        extra = {"instruction": "Decide whether the review is positive or negative.",
+                 "demonstrations": (Example({"text": "great fun"}, "positive"), Example({"text": "a dull mess"}, "negative"))}
+    prompt = Prompt("Review: {text} [T] [T]\nSentiment:[P]", verbalizer, fields=("text",), **extra)
+    ids = model.tokenizer(" the film", add_special_tokens=False)["input_ids"]
+    prompt = prompt.with_triggers(ids[:2], ["a", "b"])
+    from autoprompt.scoring import common_head, encode_examples
+
+    encoded = encode_examples(model, prompt, examples)
+    prefixes = [e.input_ids[: e.trigger_positions[0]] for e in encoded]
+    assert min(len(p) for p in prefixes) > 0 and len({len(e.input_ids) for e in encoded}) > 1  # a split, padding
+    assert (common_head(prefixes) > 0) == shared_head  # the demonstrations' KV cache is shared by every row
+    expected = plain_trigger_gradient(model, prompt, examples, loss_kind)
+    got = trigger_gradient(model, prompt, examples, loss_kind)
+    assert got.shape == (2, model.vocab_size) and expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+
+
 def test_token_filter(causal_lm):
     model = causal_lm
     prompt = Prompt(template="{text} [T][P]", verbalizer=VERBALIZER, fields=("text",)).with_triggers([5], ["x"])
@@ -171,8 +234,38 @@ def test_free_form_targets(causal_lm, tmp_path: Path):
     result = optimize(task, planted_config(steps=2, n_triggers=2, top_k=5), causal_lm, runs_dir=tmp_path,
                       progress=False)
     assert result.prompt.template == "{subject} [T] [T] is in[P]"
-    assert set(result.metrics["test"]) >= {"precision@1", "mrr"}
-    assert result.baseline["test"]["precision@1"] >= 0
+    test = task.examples("test")
+    # both prompts' numbers are those of a plain forward pass, one example at a time
+    for prompt, metrics in ((Prompt.from_task(task), result.baseline), (result.prompt, result.metrics)):
+        ranks = plain_target_ranks(causal_lm, prompt, test)
+        assert metrics["test"]["precision@1"] == pytest.approx(np.mean(ranks == 0))
+        assert metrics["test"]["mrr"] == pytest.approx(np.mean(1 / (ranks + 1)))
+        assert metrics["test"] == pytest.approx(
+            autoprompt.evaluate(causal_lm, prompt, test, metric="precision@1").metrics)
+        assert metrics["dev"] == pytest.approx(metrics["test"])  # dev and test are the same examples here
+        assert 0 <= metrics["test"]["precision@1"] <= metrics["test"]["mrr"] <= 1
+        assert metrics["test"]["mean_target_log_prob"] < 0
+    assert result.baseline["test"] != pytest.approx(result.metrics["test"])  # triggers change the scores
+    # the found prompt is the best one on dev: step 0 (the initial triggers) or a later step
+    dev_checks = [e["dev"] for e in result.history if "dev" in e]
+    assert [e["step"] for e in result.history] == [0, 1, 2] and len(dev_checks) == 3
+    assert result.metrics["dev"]["precision@1"] == pytest.approx(max(dev_checks))
+    assert result.metrics["dev"]["precision@1"] >= dev_checks[0]
+    assert autoprompt.read_prompt_file(result.prompt_file).metrics == result.metrics
+
+
+def plain_target_ranks(model, prompt: Prompt, examples: list[Example]) -> np.ndarray:
+    """The rank of each target's first token at [P], from a plain unbatched forward pass."""
+    from autoprompt.scoring import encode_examples, render_template
+
+    template = render_template(model, prompt)
+    ranks = []
+    for example, encoded in zip(examples, encode_examples(model, prompt, examples), strict=True):
+        with torch.no_grad():
+            logits = model.hf_model(torch.tensor([encoded.input_ids])).logits[0, encoded.answer_position].float()
+        first = model.renderer.answer_ids(example.answer, template)[0]
+        ranks.append(int((logits > logits[first]).sum()))
+    return np.array(ranks)
 
 
 def test_confirm_batch_rejects_a_winner_by_chance(causal_lm, monkeypatch):
