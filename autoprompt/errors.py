@@ -21,3 +21,7 @@ class ModelError(AutoPromptError):
 
 class PromptFileError(AutoPromptError):
     """A prompt file is malformed, of another version, or made for another tokenizer."""
+
+
+class InputTooLong(TemplateError):
+    """An input with its prompt is longer than the model reads (a prompt with many demonstrations, say)."""

@@ -64,7 +64,7 @@ def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example
             out.append(model.renderer.render(template, example.fields, list(prompt.trigger_ids)))
         except TemplateError as exc:
             where = f"{example.source}: " if example.source else ""
-            raise TemplateError(f"{where}{exc}") from None
+            raise type(exc)(f"{where}{exc}") from None
     return out
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from autoprompt.errors import TemplateError
+from autoprompt.errors import InputTooLong, TemplateError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -236,7 +236,7 @@ class TemplateRenderer:
                 ids.append(self.tokenizer.mask_token_id)
         ids += self.suffix_ids
         if self.max_length is not None and len(ids) > self.max_length:
-            raise TemplateError(f"the input is {len(ids)} tokens with its prompt; the model reads at most {self.max_length}")
+            raise InputTooLong(f"the input is {len(ids)} tokens with its prompt; the model reads at most {self.max_length}")
         if answer_position < 0:
             raise TemplateError(f"template {template!r} renders no token before [P]; a causal LM needs some context")
         return Encoded(ids, trigger_positions, answer_position)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoprompt.budget import Budget
-from autoprompt.errors import AutoPromptError
+from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.prompt import Prompt, remove_triggers
 from autoprompt.scoring import (
     Evaluation,
@@ -298,7 +298,12 @@ def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templa
     ranks: list[int] = []
     for start in range(0, len(dev), cfg.chunk):
         chunk = dev[start : start + cfg.chunk]
-        ev = evaluate(model, prompt, chunk, metric=task.metric)
+        try:
+            ev = evaluate(model, prompt, chunk, metric=task.metric)
+        except InputTooLong as exc:  # e.g. many demonstrations on a model with a short context: a dead end
+            trial.set_user_attr("too_long", str(exc))
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return {**event, "state": "too long", "examples": len(predicted), "error": str(exc)}
         predicted += ev.predictions
         if ev.target_ranks is not None:
             ranks += [int(r) for r in ev.target_ranks]
@@ -425,8 +430,12 @@ def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: Te
     for t in top:
         choice = Choice.from_params(t.params, space)
         prompt = build_prompt(model, task, space, choice, seed=seed)
-        evaluation = evaluate(model, prompt, dev, metric=task.metric)
         bar.update(len(dev))
+        try:
+            evaluation = evaluate(model, prompt, dev, metric=task.metric)
+        except InputTooLong as exc:  # some dev input the trial's sample did not have is too long with it
+            log.warning("trial %d is not re-scored: %s", t.number, exc)
+            continue
         metrics = evaluation.metrics
         if run is not None:
             run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value, "dev": metrics[task.metric]})
@@ -434,6 +443,8 @@ def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: Te
         if best is None or key > best[0]:
             best = (key, prompt, choice, evaluation)
     bar.close()
+    if best is None:
+        raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
     _, prompt, choice, evaluation = best
     return TemplateResult(prompt, choice, evaluation.metrics, trial_counts(study), space, evaluation)
 

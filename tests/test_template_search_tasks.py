@@ -85,3 +85,22 @@ def test_the_pruner_sees_the_metric_being_optimized(causal_lm, tmp_path: Path) -
     assert expected != accuracy  # the test tells the two apart
     assert manual.intermediate_values == pytest.approx(expected)
     assert manual.value == pytest.approx(expected[30])
+
+
+def test_a_prompt_too_long_for_the_model_is_a_dead_end_not_a_crash(causal_lm, tmp_path: Path) -> None:
+    """Demonstrations that push inputs past the model's context (512 tokens here) prune that trial; the search goes on."""
+    long_text = " ".join(["the film was long and the plot was slow"] * 12)  # ~100 tokens a demonstration
+    examples = [Example({"text": f"{long_text} {i}"}, ["negative", "positive"][i % 2], f"x:{i}") for i in range(12)]
+    task = Task(name="long", template="{text} =>[P]", verbalizer={"negative": ["negative"], "positive": ["positive"]},
+                splits={"train": examples, "dev": examples[:6], "test": examples[6:]})
+    space = tmp_path / "space.yaml"
+    space.write_text("demonstrations: {k: [0, 8], selection: [random]}\n"
+                     "instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n", encoding="utf-8")
+    cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=3, rescore_top=2)
+    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
+                      template_config=cfg, progress=False)
+    events = [e for e in result.history if e.get("stage") == "template"]
+    too_long = [e for e in events if e["state"] == "too long"]
+    assert too_long and all(e["params"]["k"] == 8 and "the model reads at most 512" in e["error"] for e in too_long)
+    assert all(e["params"].get("k", 0) == 0 for e in events if e["state"] == "complete")
+    assert not result.prompt.demonstrations
