@@ -206,7 +206,7 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     order = list(range(len(dev)))
     random.Random(seed).shuffle(order)  # chunks are random samples of dev, the same for every trial
     trial_dev = [dev[i] for i in order[: cfg.trial_dev or None]]
-    budget = budget or Budget(None)
+    budget, warm = budget or Budget(None), False
     bar = tqdm(total=cfg.trials, initial=_finished(study), desc="template search", unit="trial", disable=not progress)
     try:
         while _has_budget_left(study, cfg.trials):
@@ -216,7 +216,9 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
             event = _next_trial(model, task, space, cfg, study, trial_dev, seed)
             if event is None:
                 continue
-            budget.record(event.get("examples", 0), event["seconds"])
+            if warm:  # (the first trial of a process also pays for warming up)
+                budget.record(event.get("examples", 0), event["seconds"], chunked=True)
+            warm = True
             if run is not None:
                 run.log({"stage": "template", **event})
             bar.update(1)

@@ -369,7 +369,7 @@ def _check_dev(model: LanguageModel, prompt: Prompt, state: TriggerState, dev: l
     """Score the current prompt on dev; remember it if it is the best so far (ties: gold log-prob)."""
     t0 = time.perf_counter()
     metrics = evaluate(model, prompt, dev, metric=metric, prefix_cache=cache).metrics
-    budget.record(len(dev), time.perf_counter() - t0)
+    budget.record(len(dev), time.perf_counter() - t0, cached=cache is not None)
     log_prob = metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
     if (metrics[metric], log_prob) > (state.best_dev, state.best_dev_log_prob):
         state.best_dev, state.best_dev_log_prob = metrics[metric], log_prob

@@ -9,7 +9,7 @@ import pytest
 
 from autoprompt import budget as budget_module
 from autoprompt import optimize as optimize_module
-from autoprompt.budget import RESERVE_FACTOR, Budget
+from autoprompt.budget import CACHED_FACTOR, Budget
 from autoprompt.optimize import TRAIN_SAMPLE, optimize
 from autoprompt.task import Example, Task
 from autoprompt.template_search import TemplateSearchConfig
@@ -35,11 +35,13 @@ def test_the_search_keeps_back_the_time_of_the_scoring_after_it(clock: Clock) ->
     budget = Budget(100.0).keep_for(200)
     clock.now += 60
     assert not budget.spent() and budget.reserve() == 0  # nothing measured yet: nothing kept back
-    budget.record(50, 10.0)  # 5 examples/s: 200 examples take 40 s, with the margin 60 s
-    assert budget.reserve() == pytest.approx(RESERVE_FACTOR * 40)
+    budget.record(25, 5.0, cached=True)  # 5 examples/s with prefix caches: 200 take 40 s, without them 60 s
+    assert budget.reserve() == pytest.approx(CACHED_FACTOR * 40)
     assert budget.spent()  # 60 s spent + 60 s kept > 100 s
     clock.now -= 30
     assert not budget.spent()  # 30 + 60 < 100
+    budget.record(25, 5.0)  # measured without caches: (5 * 1.5 + 5) s for 50
+    assert budget.reserve() == pytest.approx(200 * 12.5 / 50)
     assert Budget(None).keep_for(10 ** 9).spent() is False
 
 
@@ -51,14 +53,14 @@ def test_a_resumed_search_counts_what_it_spent_before(clock: Clock) -> None:
 
 def test_a_stage_ends_after_its_share_and_measures_for_the_whole(clock: Clock) -> None:
     whole = Budget(100.0).keep_for(100)
-    whole.record(10, 1.0)  # 10 ex/s: 15 s kept back, 85 s to search
+    whole.record(10, 1.0)  # 10 ex/s: 10 s kept back, 90 s to search
     stage = whole.stage(0.5)
-    clock.now += 42
+    clock.now += 44.9
     assert not stage.spent()
-    clock.now += 1
-    assert stage.spent() and not whole.spent()  # half of 85 s
+    clock.now += 0.2
+    assert stage.spent() and not whole.spent()  # half of 90 s
     stage.record(90, 29.0)  # slower than thought: the whole learns it (100 ex in 30 s)
-    assert whole.reserve() == pytest.approx(RESERVE_FACTOR * 30)
+    assert whole.reserve() == pytest.approx(30)
 
 
 def words_task() -> Task:
