@@ -24,7 +24,7 @@ SPACE = (
 ARGS = {
     "trigger": ("--steps", "6", "--top-k", "8", "--grad-batch", "8", "--eval-batch", "8", "--dev-every", "2",
                 "--mode", "gcg", "--n-candidates", "8"),
-    "template": ("--trials", "8", "--trial-dev", "30", "--chunk", "10", "--rescore-top", "2"),
+    "template": ("--trials", "8", "--trial-dev", "30", "--chunk", "10", "--rescore-top", "2", "--space", "space.yaml"),
 }
 TIMING = {"seconds", "search_seconds", "created"}
 
@@ -40,8 +40,8 @@ def _strip(value):
 
 def _run(setup: Path, model: Path, method: str, name: str, hash_seed: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "autoprompt.cli", "optimize", str(setup / "task.py"), "--method", method,
-               "--model", str(model), "--device", "cpu", "--seed", "3", "--space", str(setup / "space.yaml"),
-               "--runs-dir", str(setup / name), *ARGS[method]]
+               "--model", str(model), "--device", "cpu", "--seed", "3", "--runs-dir", str(setup / name),
+               *[str(setup / a) if a == "space.yaml" else a for a in ARGS[method]]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": hash_seed}
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
