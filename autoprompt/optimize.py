@@ -20,7 +20,7 @@ from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic
 from autoprompt.report import PREDICTIONS_FORMAT, split_record, write_report
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run
-from autoprompt.scoring import Evaluation, evaluate, render_template
+from autoprompt.scoring import Caches, Evaluation, evaluate, render_template
 from autoprompt.storage import redact, use_storage_again
 from autoprompt.task import Task
 from autoprompt.template_search import (
@@ -352,7 +352,7 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
     of both and the train sample's. Test is only ever reported, never used to choose."""
     from tqdm.auto import tqdm
 
-    known = known or {}
+    known, caches = known or {}, Caches()
     bar = tqdm(total=2 * _final_examples(task) - sum(len(e.predictions) for e in known.values()),
                desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
@@ -368,9 +368,9 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
             indices = sorted(random.Random(seed).sample(range(len(examples)), TRAIN_SAMPLE))
             examples = [examples[i] for i in indices]
         bar.set_postfix(split=split)
-        found = known.get(split) or evaluate(model, prompt, examples, metric=task.metric)
+        found = known.get(split) or evaluate(model, prompt, examples, metric=task.metric, caches=caches)
         bar.update(0 if split in known else len(examples))
-        base = evaluate(model, baseline_prompt, examples, metric=task.metric)
+        base = evaluate(model, baseline_prompt, examples, metric=task.metric, caches=caches)
         bar.update(len(examples))
         record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
         if split == "train":

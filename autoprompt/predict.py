@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from autoprompt.data import Example
 from autoprompt.errors import PromptFileError, TemplateError
 from autoprompt.model import LanguageModel, load_model
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file
-from autoprompt.scoring import nearest_demonstrations, render_template, score_labels, score_targets
-from autoprompt.task import Example
+from autoprompt.scoring import Caches, nearest_demonstrations, render_template, score_labels, score_targets
 from autoprompt.template import fill_template
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class Predictor:
         self.prompt = prompt
         self.model = model
         self.info = info
+        self.caches = Caches()  # the demonstrations' KV cache, the "similar" pool's embeddings
 
     @property
     def labels(self) -> list[str]:
@@ -39,10 +40,10 @@ class Predictor:
         single = not isinstance(inputs, list)
         examples = self._examples(inputs)
         if self.prompt.is_classification:
-            scores = score_labels(self.model, self.prompt, examples)
+            scores = score_labels(self.model, self.prompt, examples, caches=self.caches)
             out = [self.labels[k] for k in scores.argmax(axis=1)]
         else:
-            _, _, top = score_targets(self.model, self.prompt, [_with_answer(e) for e in examples])
+            _, _, top = score_targets(self.model, self.prompt, [_with_answer(e) for e in examples], caches=self.caches)
             out = [self.model.tokenizer.decode([t]).strip() for t in top]
         return out[0] if single else out
 
@@ -51,7 +52,7 @@ class Predictor:
         if not self.prompt.is_classification:
             raise TemplateError("predict_proba needs a classification prompt (one with a verbalizer)")
         single = not isinstance(inputs, list)
-        scores = score_labels(self.model, self.prompt, self._examples(inputs))
+        scores = score_labels(self.model, self.prompt, self._examples(inputs), caches=self.caches)
         probs = np.exp(scores - scores.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         out = [dict(zip(self.labels, map(float, row), strict=False)) for row in probs]
@@ -62,7 +63,7 @@ class Predictor:
         example = self._examples(example)[0]
         fields, prompt = example.fields, self.prompt
         if prompt.demo_k:  # the demonstrations this input is shown
-            demos = nearest_demonstrations(self.model, prompt, [example])[0]
+            demos = nearest_demonstrations(self.model, prompt, [example], self.caches)[0]
             prompt = replace(prompt, demonstrations=demos, demo_k=0)
         template = render_template(self.model, prompt)
         answer = None if self.model.is_causal else self.model.tokenizer.mask_token

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from autoprompt.data import Example, verbalizer_overlap
 from autoprompt.errors import TemplateError
-from autoprompt.task import Example, verbalizer_overlap
 from autoprompt.template import chat_wrap, count_triggers, escape_literal, fill_template, parse_template
 
 if TYPE_CHECKING:

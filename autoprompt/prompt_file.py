@@ -13,7 +13,7 @@ from typing import Any
 
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
 from autoprompt.prompt import ModelRef, Prompt
-from autoprompt.task import Example
+from autoprompt.data import Example
 from autoprompt.template import parse_template
 
 FORMAT = "autoprompt.prompt/v1"

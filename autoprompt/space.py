@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoprompt.data import verbalizer_overlap
 from autoprompt.errors import TemplateError
 from autoprompt.prompt import Prompt, remove_triggers
-from autoprompt.task import verbalizer_overlap
 from autoprompt.template import RESERVED_FIELDS, parse_template, template_fields
 
 if TYPE_CHECKING:

@@ -22,17 +22,9 @@ import numpy as np
 
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError, InputTooLong
+from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
 from autoprompt.prompt import Prompt, remove_triggers
-from autoprompt.scoring import (
-    Evaluation,
-    accuracy,
-    content_free_calibration,
-    evaluate,
-    macro_f1,
-    mrr,
-    precision_at_1,
-    render_template,
-)
+from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate, render_template
 from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
 from autoprompt.storage import (  # noqa: F401  (open_storage, study_storage: used from here too)
     fail_stale_trials,
@@ -165,11 +157,11 @@ def with_manual_choices(space: SearchSpace, task: Task) -> SearchSpace:
 
 
 def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: Choice, *, seed: int,
-                 n_triggers: int = 0) -> Prompt:
+                 n_triggers: int = 0, caches: Caches | None = None) -> Prompt:
     prompt = prompt_for(choice, space, task, seed=seed, n_triggers=n_triggers)
     prompt = replace(prompt, model=model.ref)
     if choice.calibration == "contextual" and not n_triggers:
-        prompt = replace(prompt, calibration=content_free_calibration(model, prompt))
+        prompt = replace(prompt, calibration=content_free_calibration(model, prompt, caches))
     return prompt
 
 
@@ -206,14 +198,14 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
     order = list(range(len(dev)))
     random.Random(seed).shuffle(order)  # chunks are random samples of dev, the same for every trial
     trial_dev = [dev[i] for i in order[: cfg.trial_dev or None]]
-    budget, warm = budget or Budget(None), False
+    budget, warm, caches = budget or Budget(None), False, Caches()  # (caches: kept for the whole search)
     bar = tqdm(total=cfg.trials, initial=_finished(study), desc="template search", unit="trial", disable=not progress)
     try:
         while _has_budget_left(study, cfg.trials):
             if budget.spent():
                 log.info("time budget: no more trials (%s)", budget.describe())
                 break
-            event = _next_trial(model, task, space, cfg, study, trial_dev, seed)
+            event = _next_trial(model, task, space, cfg, study, trial_dev, seed, caches)
             if event is None:
                 continue
             if warm:  # (the first trial of a process also pays for warming up)
@@ -226,7 +218,7 @@ def template_search(model: LanguageModel, task: Task, cfg: TemplateSearchConfig,
             bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
     finally:
         bar.close()
-    return _choose_winner(model, task, space, cfg, study, seed, run, progress)
+    return _choose_winner(model, task, space, cfg, study, seed, run, progress, caches)
 
 
 def _has_budget_left(study: optuna.Study, trials: int) -> bool:
@@ -249,7 +241,7 @@ def _has_budget_left(study: optuna.Study, trials: int) -> bool:
 
 
 def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
-                study: optuna.Study, dev: list[Example], seed: int) -> dict[str, Any] | None:
+                study: optuna.Study, dev: list[Example], seed: int, caches: Caches) -> dict[str, Any] | None:
     """Ask for a trial and run it: its event, or None when another worker took the last slot."""
     import optuna
 
@@ -267,7 +259,7 @@ def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templ
                 trial.set_user_attr("over_budget", True)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return None
-            event = _run_trial(model, task, space, cfg, study, trial, dev, seed)
+            event = _run_trial(model, task, space, cfg, study, trial, dev, seed, caches)
     except KeyboardInterrupt:
         give_back(study, trial)
         raise
@@ -280,7 +272,7 @@ def _next_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templ
 
 
 def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
-               study: optuna.Study, trial: optuna.Trial, dev: list[Example], seed: int) -> dict[str, Any]:
+               study: optuna.Study, trial: optuna.Trial, dev: list[Example], seed: int, caches: Caches) -> dict[str, Any]:
     import optuna
 
     params = {name: trial.suggest_categorical(name, values) for name, values in _searched(space).items()}
@@ -293,7 +285,7 @@ def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templa
         trial.set_user_attr("duplicate_of", same.number)  # the demo order...): reuse its score
         study.tell(trial, same.value)
         return {**event, "state": "duplicate", "duplicate_of": same.number, "dev": same.value}
-    prompt = build_prompt(model, task, space, choice, seed=seed)
+    prompt = build_prompt(model, task, space, choice, seed=seed, caches=caches)
     event["prompt"] = render_template(model, prompt)
     gold = [e.answer for e in dev]
     predicted: list[str] = []
@@ -301,7 +293,7 @@ def _run_trial(model: LanguageModel, task: Task, space: SearchSpace, cfg: Templa
     for start in range(0, len(dev), cfg.chunk):
         chunk = dev[start : start + cfg.chunk]
         try:
-            ev = evaluate(model, prompt, chunk, metric=task.metric)
+            ev = evaluate(model, prompt, chunk, metric=task.metric, caches=caches)
         except InputTooLong as exc:  # e.g. many demonstrations on a model with a short context: a dead end
             trial.set_user_attr("too_long", str(exc))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -414,7 +406,8 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: TemplateSearchConfig,
-                   study: optuna.Study, seed: int, run: Run | None, progress: bool = False) -> TemplateResult:
+                   study: optuna.Study, seed: int, run: Run | None, progress: bool = False,
+                   caches: Caches | None = None) -> TemplateResult:
     """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value)."""
     import optuna
     from tqdm.auto import tqdm
@@ -431,10 +424,10 @@ def _choose_winner(model: LanguageModel, task: Task, space: SearchSpace, cfg: Te
     bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not progress)
     for t in top:
         choice = Choice.from_params(t.params, space)
-        prompt = build_prompt(model, task, space, choice, seed=seed)
+        prompt = build_prompt(model, task, space, choice, seed=seed, caches=caches)
         bar.update(len(dev))
         try:
-            evaluation = evaluate(model, prompt, dev, metric=task.metric)
+            evaluation = evaluate(model, prompt, dev, metric=task.metric, caches=caches)
         except InputTooLong as exc:  # some dev input the trial's sample did not have is too long with it
             log.warning("trial %d is not re-scored: %s", t.number, exc)
             continue

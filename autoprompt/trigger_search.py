@@ -24,6 +24,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import (
+    Caches,
     PrefixCache,
     encode_examples,
     evaluate,
@@ -172,13 +173,14 @@ def allowed_tokens(model: LanguageModel, prompt: Prompt, *, ascii_only: bool, wh
 # --- gradient ------------------------------------------------------------------------------
 
 @cpu_tuned
-def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Example], loss_kind: str) -> torch.Tensor:
+def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Example], loss_kind: str,
+                     caches: Caches | None = None) -> torch.Tensor:
     """-grad . E for every slot and token, [n_slots, vocab]: how much each swap should lower the loss.
 
     On a causal LM the tokens before the first trigger do not depend on the triggers: they
     are encoded once without a graph (their KV cache), and only the rest is back-propagated."""
     embedding = model.hf_model.get_input_embeddings().weight  # [vocab, hidden]
-    encoded = encode_examples(model, prompt, examples)
+    encoded = encode_examples(model, prompt, examples, caches)
     n_slots = len(prompt.trigger_ids)
     one_hot = torch.zeros(n_slots, model.vocab_size, device=model.device, dtype=embedding.dtype)
     one_hot[torch.arange(n_slots), torch.tensor(prompt.trigger_ids)] = 1
@@ -191,7 +193,7 @@ def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Exampl
     forward = {"attention_mask": mask}
     if split[0]:
         with torch.no_grad():
-            cache = PrefixCache(model, [e.input_ids[:k] for e, k in zip(encoded, split, strict=False)], 1 << 16)
+            cache = PrefixCache(model, [e.input_ids[:k] for e, k in zip(encoded, split, strict=False)], 1 << 16, caches)
         forward = cache.inputs(list(range(len(encoded))), mask)
     rows = torch.tensor([r for r, e in enumerate(encoded) for _ in e.trigger_positions], device=model.device)
     cols = torch.tensor([p - k for e, k in zip(encoded, split, strict=False) for p in e.trigger_positions], device=model.device)
@@ -238,15 +240,16 @@ def propose(scores: torch.Tensor, current: list[int], cfg: TriggerSearchConfig, 
 
 
 def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray,
-                     loss_kind: str) -> np.ndarray:
+                     loss_kind: str, caches: Caches | None = None) -> np.ndarray:
     """Mean task loss of each candidate on the examples, [n_candidates], all scored together."""
     if prompt.is_classification:
         over = "labels" if loss_kind == "labels" else "vocab"  # labels: the head computes only their rows
-        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates, over=over))  # [C, n, labels]
+        scores = torch.as_tensor(score_labels(model, prompt, examples, candidates=candidates, over=over,
+                                              caches=caches))  # [C, n, labels]
         gold = torch.tensor([prompt.labels.index(e.answer) for e in examples]).repeat(len(candidates))
         losses = task_loss(scores.reshape(-1, scores.shape[-1]), gold, loss_kind)
         return losses.reshape(len(candidates), len(examples)).mean(dim=1).numpy()
-    log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates)  # [C, n]
+    log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches)  # [C, n]
     return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
 
 
@@ -306,22 +309,23 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     started = time.perf_counter() - state.seconds
     bar = tqdm(total=cfg.steps, initial=state.step, desc="trigger search", unit="step", disable=not progress)
     prompt = _with_ids(model, base, state.trigger_ids)
-    dev_cache = PrefixCache.for_examples(model, prompt, dev)  # dev is scored every few steps
+    caches = Caches()  # the demonstrations' KV cache and the like, kept for the whole search
+    dev_cache = PrefixCache.for_examples(model, prompt, dev, caches)  # dev is scored every few steps
     ranker = ranking_model(model, cfg)
     if ranker is not model:
         log.info("ranking candidates in %s; confirming and scoring dev in %s", ranker.dtype, model.dtype)
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
-        _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget)
+        _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget, caches)
         _record(run, state, {"step": 0, "dev": state.best_dev, "triggers": list(prompt.trigger_tokens)})
     while state.step < cfg.steps:
         if budget.spent():
             log.info("time budget: stopping after %d steps (%s)", state.step, budget.describe())
             break
         t0 = time.perf_counter()
-        event = _step(model, prompt, state, cfg, rng, train, allowed, ranker)
+        event = _step(model, prompt, state, cfg, rng, train, allowed, ranker, caches)
         prompt = _with_ids(model, base, state.trigger_ids)
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
-            event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget)
+            event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget, caches)
         event["seconds"] = round(time.perf_counter() - t0, 3)
         state.seconds = time.perf_counter() - started
         state.rng_state = rng.getstate()
@@ -337,24 +341,26 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
 
 
 def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: TriggerSearchConfig, rng: random.Random,
-          train: list[Example], allowed: torch.Tensor, ranker: LanguageModel | None = None) -> dict[str, Any]:
+          train: list[Example], allowed: torch.Tensor, ranker: LanguageModel | None = None,
+          caches: Caches | None = None) -> dict[str, Any]:
     """One search step: gradient, candidates, their real scores, keep the best if it helps.
     ``ranker`` (default: the model) computes the gradient and the candidates' scores."""
     ranker = ranker or model
     n_slots = len(state.trigger_ids)
     grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
     for _ in range(cfg.grad_accumulation):  # each batch's graph is freed before the next
-        grads += trigger_gradient(ranker, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss)
+        grads += trigger_gradient(ranker, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), cfg.loss,
+                                  caches=caches)
     grads[:, ~allowed] = float("-inf")
     candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
     eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
     everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])  # the current prompt is row 0
-    losses = candidate_losses(ranker, prompt, eval_examples, everyone, cfg.loss)
+    losses = candidate_losses(ranker, prompt, eval_examples, everyone, cfg.loss, caches=caches)
     best = int(np.argmin(losses[1:])) + 1
     accepted = bool(losses[best] < losses[0])
     if accepted and cfg.confirm_batch:  # the best of many on one batch is biased low: check it on fresh data
         confirm = rng.sample(train, min(cfg.confirm_batch, len(train)))
-        confirm_losses = candidate_losses(model, prompt, confirm, everyone[[0, best]], cfg.loss)
+        confirm_losses = candidate_losses(model, prompt, confirm, everyone[[0, best]], cfg.loss, caches=caches)
         accepted = bool(confirm_losses[1] < confirm_losses[0])
     if accepted:
         state.trigger_ids = [int(t) for t in everyone[best]]
@@ -365,10 +371,10 @@ def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: Trigge
 
 
 def _check_dev(model: LanguageModel, prompt: Prompt, state: TriggerState, dev: list[Example], metric: str,
-               cache: PrefixCache | None, budget: Budget) -> float:
+               cache: PrefixCache | None, budget: Budget, caches: Caches | None = None) -> float:
     """Score the current prompt on dev; remember it if it is the best so far (ties: gold log-prob)."""
     t0 = time.perf_counter()
-    metrics = evaluate(model, prompt, dev, metric=metric, prefix_cache=cache).metrics
+    metrics = evaluate(model, prompt, dev, metric=metric, prefix_cache=cache, caches=caches).metrics
     budget.record(len(dev), time.perf_counter() - t0, cached=cache is not None)
     log_prob = metrics.get("mean_gold_log_prob", metrics.get("mean_target_log_prob", 0.0))
     if (metrics[metric], log_prob) > (state.best_dev, state.best_dev_log_prob):

@@ -15,7 +15,7 @@ from autoprompt.cli import main
 from autoprompt.model import CPU_BATCH_TOKENS
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import has_fast_bf16, onednn_fp32_is_exact, tune_cpu
-from autoprompt.scoring import _log_normalize, score_labels
+from autoprompt.scoring import log_normalize, score_labels
 from autoprompt.task import Example, Task
 from autoprompt.trigger_search import TriggerSearchConfig, candidate_losses, initial_prompt
 
@@ -58,7 +58,7 @@ def test_label_normalised_scores_equal_vocab_scores_renormalised(causal_lm, verb
     examples = toy_task(verbalizer).examples("dev")
     vocab = score_labels(causal_lm, prompt, examples)
     labels = score_labels(causal_lm, prompt, examples, over="labels")
-    np.testing.assert_allclose(labels, _log_normalize(vocab), atol=1e-5)
+    np.testing.assert_allclose(labels, log_normalize(vocab), atol=1e-5)
     assert not np.allclose(vocab, labels)  # the vocabulary normaliser really was dropped
 
 
@@ -193,6 +193,7 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
     computed once (kept on the model) and continued per example: candidate losses still equal
     the naive reference, and the gradient equals the one computed without the head cache."""
     from autoprompt import scoring
+    from autoprompt.scoring import prefix  # noqa: F401  (scoring.prefix below)
     from autoprompt.trigger_search import trigger_gradient
 
     task = toy_task()
@@ -201,8 +202,8 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
     prompt = dataclasses.replace(prompt, instruction="Say if the review is positive or negative.",
                                  demonstrations=demos)
     heads = []
-    real = scoring._head_cache
-    monkeypatch.setattr(scoring, "_head_cache", lambda m, h: heads.append(len(h)) or real(m, h))
+    real = scoring.prefix.head_cache
+    monkeypatch.setattr(scoring.prefix, "head_cache", lambda m, h, c=None: heads.append(len(h)) or real(m, h, c))
     engine = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
     assert heads and heads[0] >= 20  # instruction + two demonstrations
     np.testing.assert_allclose(engine, bench.naive_candidate_losses(causal_lm, prompt, examples, candidates), atol=1e-5)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from autoprompt.cli import main
+from autoprompt.metrics import macro_f1
 from autoprompt.report import (
     SplitResult,
     bootstrap,
@@ -22,7 +23,6 @@ from autoprompt.report import (
     split_results,
 )
 from autoprompt.runs import Run
-from autoprompt.scoring import macro_f1
 
 WORDS = {"positive": ["great", "wonderful", "loved", "fine"], "negative": ["terrible", "dull", "awful", "boring"]}
 TEMPLATE = "Review: {text}\nSentiment:[P]"

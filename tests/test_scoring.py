@@ -8,18 +8,9 @@ import torch
 
 from autoprompt import Example, Prompt
 from autoprompt.errors import TemplateError
+from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
 from autoprompt.model import LanguageModel
-from autoprompt.scoring import (
-    accuracy,
-    encode_examples,
-    evaluate,
-    macro_f1,
-    mrr,
-    pack_batches,
-    precision_at_1,
-    score_labels,
-    score_targets,
-)
+from autoprompt.scoring import encode_examples, evaluate, pack_batches, score_labels, score_targets
 from autoprompt.template import fill_template
 
 SST2 = "Review: {text}\nSentiment:[P]"
@@ -248,16 +239,16 @@ def test_a_prefix_every_input_shares_is_encoded_once_with_the_same_scores(causal
     prompt = Prompt(SST2, {"negative": ["negative", "bad"], "positive": ["positive"]}, fields=("text",),
                     instruction="Read the movie review below and say whether it is positive or negative.")
     shared = []
-    real = scoring._Queries.share_common_prefix
-    monkeypatch.setattr(scoring._Queries, "share_common_prefix", lambda self, *a: shared.append(real(self, *a)) or shared[-1])
+    real = scoring.Queries.share_common_prefix
+    monkeypatch.setattr(scoring.Queries, "share_common_prefix", lambda self, *a: shared.append(real(self, *a)) or shared[-1])
     with_sharing = score_labels(causal_lm, prompt, examples())
     assert shared and shared[-1] >= scoring.COMMON_PREFIX_MIN  # the instruction and "Review:" went into one prefix
     monkeypatch.setattr(scoring, "COMMON_PREFIX_MIN", 10**6)
-    monkeypatch.setattr(scoring._Queries, "share_common_prefix", lambda self, min_length=10**6: real(self, min_length))
+    monkeypatch.setattr(scoring.Queries, "share_common_prefix", lambda self, min_length=10**6: real(self, min_length))
     without = score_labels(causal_lm, prompt, examples())
     np.testing.assert_allclose(with_sharing, without, atol=1e-4)
     # nothing to share: sequences that differ early are scored whole
-    assert scoring._Queries().share_common_prefix() == 0
+    assert scoring.Queries().share_common_prefix() == 0
 
 
 def test_label_words_with_the_same_tokens_are_refused(masked_lm: LanguageModel) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autoprompt.metrics import macro_f1
 from autoprompt.optimize import optimize
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import read_prompt_file
-from autoprompt.scoring import evaluate, macro_f1
+from autoprompt.scoring import evaluate
 from autoprompt.space import SpaceError, load_space, space_from_dict
 from autoprompt.task import Example, Task
 from autoprompt.template_search import TemplateSearchConfig

@@ -273,7 +273,7 @@ def test_confirm_batch_rejects_a_winner_by_chance(causal_lm, monkeypatch):
     task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
     calls = []
 
-    def fake_losses(model, prompt, examples, candidates, loss_kind):
+    def fake_losses(model, prompt, examples, candidates, loss_kind, **kwargs):
         calls.append(len(candidates))
         if len(calls) % 2 == 1:  # the evaluation batch: candidate 1 looks best
             return np.array([1.0, 0.5] + [0.9] * (len(candidates) - 2))

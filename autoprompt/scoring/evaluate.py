@@ -1,0 +1,59 @@
+"""evaluate(): a prompt scored on labelled examples, with its predictions and metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from autoprompt.errors import TemplateError
+from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
+from autoprompt.scoring.caches import Caches
+from autoprompt.scoring.prefix import PrefixCache
+from autoprompt.scoring.scores import score_labels, score_targets
+
+if TYPE_CHECKING:
+    from autoprompt.data import Example
+    from autoprompt.models import LanguageModel
+    from autoprompt.prompt import Prompt
+
+
+@dataclass
+class Evaluation:
+    """What scoring a prompt on examples gives: metrics, predictions and the raw scores."""
+
+    metrics: dict[str, float]
+    predictions: list[str]
+    label_log_probs: np.ndarray | None = None  # [n_examples, n_labels], classification
+    target_log_probs: np.ndarray | None = None  # [n_examples], free-form: log p(target)
+    target_ranks: np.ndarray | None = None  # [n_examples], rank of the target's first token
+    labels: list[str] = field(default_factory=list)
+
+
+def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
+             prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None,
+             progress: bool = False, caches: Caches | None = None) -> Evaluation:
+    """Score a prompt on labelled examples: predictions and metrics."""
+    if prompt.is_classification:
+        for example in examples:
+            if example.answer not in prompt.labels:
+                raise TemplateError(f"{example.source}: label {example.answer!r} is not one of the prompt's labels "
+                                    f"({', '.join(prompt.labels)})")
+        scores = score_labels(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
+                              progress=progress, caches=caches)
+        labels = prompt.labels
+        predicted = [labels[k] for k in scores.argmax(axis=1)]
+        gold = [e.answer for e in examples]
+        metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
+                   "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
+        return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
+    log_probs, ranks, top = score_targets(model, prompt, examples, prefix_cache=prefix_cache,
+                                          batch_tokens=batch_tokens, progress=progress, caches=caches)
+    predicted = [model.tokenizer.decode([t]).strip() for t in top]
+    metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
+    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
+
+
+def _ordered(metrics: dict[str, float], first: str) -> dict[str, float]:
+    return {first: metrics[first], **metrics} if first in metrics else metrics

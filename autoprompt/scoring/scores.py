@@ -1,0 +1,142 @@
+"""Scores of answers at [P]: label log-probabilities (classification) and target log-probabilities
+and ranks (free-form answers), for one prompt or for many trigger candidates at once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from autoprompt.data import Example
+from autoprompt.errors import TemplateError
+from autoprompt.runtime import cpu_tuned
+from autoprompt.scoring.caches import Caches
+from autoprompt.scoring.encode import encode_examples, label_word_ids, target_ids
+from autoprompt.scoring.engine import Queries
+from autoprompt.scoring.prefix import PrefixCache
+from autoprompt.template import Encoded
+
+if TYPE_CHECKING:
+    from autoprompt.models import LanguageModel
+    from autoprompt.prompt import Prompt
+
+CONTENT_FREE = ("N/A", "")
+
+
+@cpu_tuned
+def score_labels(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
+                 candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
+                 batch_tokens: int | None = None, progress: bool = False, over: str = "vocab",
+                 caches: Caches | None = None) -> np.ndarray:
+    """Log-probability of each label at [P], [n_examples, n_labels].
+
+    A label's log-prob is log-sum-exp over its words; a multi-token word is scored by
+    teacher forcing (causal LMs), the sum of its tokens' log-probs. With ``candidates``
+    (trigger ids, [n_candidates, n_slots]) every candidate is scored on every example in
+    one go, sharing each example's prefix, and the result is [n_candidates, n_examples, n_labels].
+
+    ``over="labels"``: normalised over the labels instead of the vocabulary. When every label
+    word is one token, the output head then computes only the label words' rows."""
+    if over not in ("vocab", "labels"):
+        raise ValueError(f"over must be 'vocab' or 'labels', not {over!r}")
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache, caches)
+    words = label_word_ids(model, prompt)
+    flat_words = [w for label_words in words for w in label_words]
+    word_label = np.repeat(np.arange(len(words)), [len(ws) for ws in words])
+    head_rows = None
+    if over == "labels" and all(len(w) == 1 for w in flat_words):
+        head_rows = sorted({w[0] for w in flat_words})  # the rest of the vocabulary cancels out
+    queries = Queries(prefix_cache=prefix_cache, head_rows=head_rows, caches=caches)
+    for i, enc in enumerate(encoded):
+        for j, word in enumerate(flat_words):
+            queries.add_answer(enc, word, out_index=i * len(flat_words) + j, causal=model.is_causal, split_at=split[i])
+    word_log_probs = queries.run(model, batch_tokens, progress).reshape(len(encoded), len(flat_words))
+    scores = np.full((len(encoded), len(words)), -np.inf)
+    for label in range(len(words)):
+        scores[:, label] = _logsumexp(word_log_probs[:, word_label == label])
+    if over == "labels":
+        scores = log_normalize(scores)
+    if prompt.calibration:
+        scores = calibrate(scores, prompt.calibration)
+    return scores if candidates is None else scores.reshape(len(candidates), len(examples), len(words))
+
+
+def calibrate(scores: np.ndarray, calibration: tuple[float, ...] | np.ndarray) -> np.ndarray:
+    """Contextual calibration: label log-probs renormalised over the labels, the content-free
+    input's subtracted, renormalised again. [n, labels] -> [n, labels]."""
+    return log_normalize(log_normalize(scores) - np.asarray(calibration)[None, :])
+
+
+def content_free_calibration(model: LanguageModel, prompt: Prompt, caches: Caches | None = None) -> tuple[float, ...]:
+    """The calibration of a classification prompt: the mean label distribution it gives
+    content-free inputs (every field "N/A", then every field empty), as log-probs."""
+    raw = replace(prompt, calibration=())
+    examples = [Example({f: text for f in prompt.fields}, None, f"content-free {text!r}") for text in CONTENT_FREE]
+    probs = np.exp(log_normalize(score_labels(model, raw, examples, caches=caches))).mean(axis=0)
+    return tuple(float(v) for v in np.log(probs))
+
+
+def log_normalize(scores: np.ndarray) -> np.ndarray:
+    return scores - _logsumexp(scores)[:, None]
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+
+
+@cpu_tuned
+def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
+                  candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
+                  batch_tokens: int | None = None, progress: bool = False, caches: Caches | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n].
+
+    With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
+    encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache, caches)
+    targets = target_ids(model, prompt, examples)
+    queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches)
+    for i, enc in enumerate(encoded):
+        queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
+    log_probs = queries.run(model, batch_tokens, progress)
+    return log_probs, queries.first_rank, queries.first_top
+
+
+def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray | None,
+                         prefix_cache: PrefixCache | None = None, caches: Caches | None = None
+                         ) -> tuple[list[Encoded], list[int | None]]:
+    """Encodings of every (candidate, example), candidate-major, rendered once per example
+    (a candidate only swaps trigger ids); and where each may split into a shared prefix."""
+    encoded = encode_examples(model, prompt, examples, caches)
+    if candidates is None:
+        if prefix_cache is not None:  # the prefixes before the first trigger are already encoded
+            return encoded, [e.trigger_positions[0] for e in encoded]
+        return encoded, [None] * len(encoded)
+    candidates = np.asarray(candidates)
+    if candidates.ndim != 2 or candidates.shape[1] != len(prompt.trigger_ids):
+        raise TemplateError(f"candidates must be [n, {len(prompt.trigger_ids)}] trigger ids, got {candidates.shape}")
+    out = []
+    for trigger_ids in candidates.tolist():
+        for enc in encoded:
+            ids = list(enc.input_ids)
+            for pos, token in zip(enc.trigger_positions, trigger_ids, strict=False):
+                ids[pos] = token
+            out.append(Encoded(ids, enc.trigger_positions, enc.answer_position))
+    # everything before the first slot the candidates differ in is the same for all of them
+    varying = np.nonzero((candidates != candidates[:1]).any(axis=0))[0]
+    slot = int(varying[0]) if len(varying) else candidates.shape[1] - 1
+    split = [e.trigger_positions[slot] if (model.is_causal and e.trigger_positions and len(candidates) > 1) else None
+             for e in out]
+    return out, split
+
+
+def task_loss(label_scores: torch.Tensor, gold: torch.Tensor, kind: str = "vocab") -> torch.Tensor:
+    """The one task loss, [n]: -log p(gold label). ``vocab``: the label's probability over the
+    whole vocabulary (AutoPrompt); ``labels``: renormalised over the label set."""
+    if kind == "labels":
+        label_scores = torch.log_softmax(label_scores, dim=-1)
+    elif kind != "vocab":
+        raise ValueError(f"unknown loss {kind!r}")
+    return -label_scores.gather(1, gold[:, None])[:, 0]
