@@ -37,7 +37,7 @@ from autoprompt.scoring import (
 from autoprompt.template import count_triggers
 
 if TYPE_CHECKING:
-    from autoprompt.model import LanguageModel
+    from autoprompt.models import LanguageModel
     from autoprompt.task import Example, Task
 
 log = logging.getLogger(__name__)

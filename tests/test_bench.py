@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from autoprompt import bench
 from autoprompt.cli import main
-from autoprompt.model import CPU_BATCH_TOKENS
+from autoprompt.models import CPU_BATCH_TOKENS
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import has_fast_bf16, onednn_fp32_is_exact, tune_cpu
 from autoprompt.scoring import _log_normalize, score_labels
@@ -217,7 +217,7 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
 def test_prefix_attention_in_place_equals_the_copying_path(causal_lm, monkeypatch) -> None:
     """Rows grouped in equal runs per prefix, rows in any order, and Hugging Face's own cache
     path (a copy of the prefix per row) give the same losses."""
-    from autoprompt import attention
+    from autoprompt.models import attention
 
     prompt, examples, candidates = step_workload(causal_lm, toy_task(), slot=2)
     runs = []

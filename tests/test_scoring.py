@@ -8,7 +8,7 @@ import torch
 
 from autoprompt import Example, Prompt
 from autoprompt.errors import TemplateError
-from autoprompt.model import LanguageModel
+from autoprompt.models import LanguageModel
 from autoprompt.scoring import (
     accuracy,
     encode_examples,
