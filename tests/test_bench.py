@@ -185,7 +185,8 @@ def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> Non
     assert all(prev == torch.bfloat16 for prev, d in zip(cand, cand[1:], strict=False) if d == torch.float32)
     assert all(d == torch.float32 for kind, d in calls if kind == "dev")  # ... and confirms and checks in fp32
     assert ts.ranking_model(causal_lm, TriggerSearchConfig(rank_dtype="fp32")) is causal_lm
-    assert ts.ranking_model(causal_lm, cfg) is causal_lm.with_dtype(torch.bfloat16)  # one copy, kept
+    ranker = ts.ranking_model(causal_lm, cfg)  # a bf16 copy the search keeps; the model keeps nothing
+    assert ranker is not causal_lm and ranker.dtype == torch.bfloat16 and "_dtype_copies" not in vars(causal_lm)
 
 
 def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, monkeypatch) -> None:

@@ -45,17 +45,6 @@ class LanguageModel(ABC):
         log.warning("out of memory on %s: batches of %d tokens from now on", self.device, self.batch_tokens)
         return self.batch_tokens
 
-    def with_dtype(self, dtype: torch.dtype) -> LanguageModel:
-        """This model with its weights in another dtype (a copy, made once and kept); itself if the same."""
-        if dtype == self.dtype:
-            return self
-        copies = self.__dict__.setdefault("_dtype_copies", {})
-        if dtype not in copies:
-            twin = type(self)(copy.deepcopy(self.hf_model).to(dtype), self.tokenizer, name=self.name, source=self.source)
-            twin.batch_tokens = self.batch_tokens
-            copies[dtype] = twin
-        return copies[dtype]
-
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
@@ -251,3 +240,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
     return "sha256:" + digest[:32]
 
+
+def in_dtype(model: LanguageModel, dtype: torch.dtype) -> LanguageModel:
+    """A copy of ``model`` with its weights in ``dtype`` (the caller keeps it); the model itself if the same."""
+    if dtype == model.dtype:
+        return model
+    twin = type(model)(copy.deepcopy(model.hf_model).to(dtype), model.tokenizer, name=model.name, source=model.source)
+    twin.batch_tokens = model.batch_tokens
+    return twin
