@@ -5,7 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from autoprompt.errors import AutoPromptError, ModelError, PromptFileError, TaskError, TemplateError
-from autoprompt.model import LanguageModel, load_model
+from autoprompt.models import LanguageModel, load_model
 from autoprompt.predict import Predictor, load_prompt
 from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file

@@ -39,7 +39,7 @@ from autoprompt.trigger_search import (
 )
 
 if TYPE_CHECKING:
-    from autoprompt.model import LanguageModel
+    from autoprompt.models import LanguageModel
     from autoprompt.prompt import Prompt
     from autoprompt.task import Example, Task
 

@@ -116,7 +116,7 @@ def evaluate(task: str, prompt_path: str | None, split: str, limit: int | None, 
     """Score a prompt (the task's manual one by default) on a split of TASK.
 
     TASK is a task file (tasks/sst2.py) or a built-in name (sst2, lama_p19, lama_p103)."""
-    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.predict import load_prompt
     from autoprompt.prompt import Prompt
     from autoprompt.prompt_file import PromptFile, save_prompt_file
@@ -224,7 +224,7 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
              seeds: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool,
              **settings) -> None:
     """Search for a better prompt for TASK and save it in a run folder."""
-    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.optimize import optimize as run_optimize
     from autoprompt.optimize import optimize_seeds
     from autoprompt.runs import Run
@@ -379,7 +379,7 @@ def labels(task: str, model: str | None, top_k: int, examples: int, seed: int, a
            device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Propose label words for TASK (AutoPrompt's label search)."""
     from autoprompt.label_search import search_label_words
-    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.task import load_task
 
     the_task = load_task(task)
@@ -463,7 +463,7 @@ def _read_inputs(source: str, fields: tuple[str, ...]) -> list:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def models(as_json: bool) -> None:
     """Built-in model aliases: installed or not, cached or not."""
-    from autoprompt.model import cache_dir, model_status
+    from autoprompt.models import cache_dir, model_status
 
     rows = model_status()
     if as_json:
@@ -516,7 +516,7 @@ def bench(model: str | None, task_spec: str, candidates: int, examples: int, rou
           as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
     from autoprompt.bench import BenchConfig, format_table, run_bench
-    from autoprompt.model import DEFAULT_MODEL, load_model
+    from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.prompt_file import write_atomic
     from autoprompt.task import load_task
 

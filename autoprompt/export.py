@@ -79,7 +79,7 @@ def _tokenizer_for(prompt: Prompt):
     masked = prompt.model is not None and prompt.model.kind == "masked"
     if not (prompt.chat or masked or prompt.trigger_ids) or prompt.model is None:
         return None
-    from autoprompt.model import load_tokenizer, tokenizer_fingerprint
+    from autoprompt.models import load_tokenizer, tokenizer_fingerprint
 
     tokenizer, error = None, None
     for spec in dict.fromkeys((prompt.model.name, prompt.model.source)):
@@ -265,7 +265,7 @@ def _expected(prompt: Prompt, answer: str, task_name: str) -> dict[str, Any]:
 
 
 def _providers(prompt: Prompt) -> list[str]:
-    from autoprompt.model import BUILTIN_MODELS
+    from autoprompt.models import BUILTIN_MODELS
 
     name = prompt.model.name if prompt.model else ""
     hub_id = BUILTIN_MODELS[name].hub_id if name in BUILTIN_MODELS else (

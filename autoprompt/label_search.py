@@ -22,7 +22,7 @@ from autoprompt.scoring import encode_examples, pack_batches, pad_right, render_
 from autoprompt.template import spaced_answer, text_before_answer
 
 if TYPE_CHECKING:
-    from autoprompt.model import LanguageModel
+    from autoprompt.models import LanguageModel
     from autoprompt.task import Example, Task
 
 log = logging.getLogger(__name__)

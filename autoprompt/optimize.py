@@ -14,7 +14,7 @@ from typing import Any
 
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
-from autoprompt.model import LanguageModel
+from autoprompt.models import LanguageModel
 from autoprompt.predict import Predictor
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic

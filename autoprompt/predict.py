@@ -11,7 +11,7 @@ import numpy as np
 
 from autoprompt.data import Example
 from autoprompt.errors import PromptFileError, TemplateError
-from autoprompt.model import LanguageModel, load_model
+from autoprompt.models import LanguageModel, load_model
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file
 from autoprompt.scoring import Caches, nearest_demonstrations, render_template, score_labels, score_targets

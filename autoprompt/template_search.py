@@ -41,7 +41,7 @@ from autoprompt.storage import (  # noqa: F401  (open_storage, study_storage: us
 if TYPE_CHECKING:
     import optuna
 
-    from autoprompt.model import LanguageModel
+    from autoprompt.models import LanguageModel
     from autoprompt.runs import Run
     from autoprompt.task import Example, Task
 

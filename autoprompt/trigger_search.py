@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
+from autoprompt.models import in_dtype
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import (
@@ -38,7 +39,7 @@ from autoprompt.scoring import (
 from autoprompt.template import count_triggers
 
 if TYPE_CHECKING:
-    from autoprompt.model import LanguageModel
+    from autoprompt.models import LanguageModel
     from autoprompt.task import Example, Task
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def ranking_model(model: LanguageModel, cfg: TriggerSearchConfig) -> LanguageMod
     if cfg.rank_dtype == "fp32" or model.dtype != torch.float32:
         return model
     if cfg.rank_dtype == "bf16" or (model.device.type == "cpu" and has_fast_bf16(model.device)):
-        return model.with_dtype(torch.bfloat16)
+        return in_dtype(model, torch.bfloat16)
     return model
 
 

@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from autoprompt.cli import main
-from autoprompt.model import tokenizer_fingerprint
+from autoprompt.models import tokenizer_fingerprint
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "case.yaml").is_file())

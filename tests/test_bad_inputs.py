@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from autoprompt.cli import main
-from autoprompt.model import tokenizer_fingerprint
+from autoprompt.models import tokenizer_fingerprint
 from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.prompt_file import PromptFile, to_json
 

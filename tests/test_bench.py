@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from autoprompt import bench
 from autoprompt.cli import main
-from autoprompt.model import CPU_BATCH_TOKENS
+from autoprompt.models import CPU_BATCH_TOKENS
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import has_fast_bf16, onednn_fp32_is_exact, tune_cpu
 from autoprompt.scoring import log_normalize, score_labels
@@ -185,7 +185,8 @@ def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> Non
     assert all(prev == torch.bfloat16 for prev, d in zip(cand, cand[1:], strict=False) if d == torch.float32)
     assert all(d == torch.float32 for kind, d in calls if kind == "dev")  # ... and confirms and checks in fp32
     assert ts.ranking_model(causal_lm, TriggerSearchConfig(rank_dtype="fp32")) is causal_lm
-    assert ts.ranking_model(causal_lm, cfg) is causal_lm.with_dtype(torch.bfloat16)  # one copy, kept
+    ranker = ts.ranking_model(causal_lm, cfg)  # a bf16 copy the search keeps; the model keeps nothing
+    assert ranker is not causal_lm and ranker.dtype == torch.bfloat16 and "_dtype_copies" not in vars(causal_lm)
 
 
 def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, monkeypatch) -> None:
@@ -218,7 +219,7 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
 def test_prefix_attention_in_place_equals_the_copying_path(causal_lm, monkeypatch) -> None:
     """Rows grouped in equal runs per prefix, rows in any order, and Hugging Face's own cache
     path (a copy of the prefix per row) give the same losses."""
-    from autoprompt import attention
+    from autoprompt.models import attention
 
     prompt, examples, candidates = step_workload(causal_lm, toy_task(), slot=2)
     runs = []

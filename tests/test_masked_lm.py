@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from autoprompt import evaluate, load_model
-from autoprompt import model as model_module
 from autoprompt.errors import ModelError
-from autoprompt.model import MaskedLM
+from autoprompt.models import MaskedLM
+from autoprompt.models import base as model_module
 from autoprompt.prompt import Prompt
 from autoprompt.scoring import encode_examples, label_word_ids, score_labels
 from autoprompt.task import Example, Task

@@ -11,7 +11,7 @@ import torch
 
 from autoprompt import Prompt, evaluate, load_model, load_task
 from autoprompt.errors import ModelError
-from autoprompt.model import CausalLM, MaskedLM, estimate_params, pick_dtype, tokenizer_fingerprint
+from autoprompt.models import CausalLM, MaskedLM, estimate_params, pick_dtype, tokenizer_fingerprint
 
 
 def test_load_detects_causal(tiny_causal_dir: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from autoprompt import Example, Predictor, Prompt, load_prompt
 from autoprompt.errors import ModelError, PromptFileError, TemplateError
-from autoprompt.model import LanguageModel
+from autoprompt.models import LanguageModel
 from autoprompt.prompt_file import PromptFile, save_prompt_file
 from autoprompt.scoring import evaluate, score_labels
 

@@ -152,12 +152,12 @@ def test_runs_show(runs: dict) -> None:
 
 
 def test_runs_report_rebuilds_from_files_without_the_model(runs: dict, monkeypatch) -> None:
-    import autoprompt.model
+    import autoprompt.models
 
     def no_model(*args, **kwargs):
         raise AssertionError("a report must not load a model")
 
-    monkeypatch.setattr(autoprompt.model, "load_model", no_model)
+    monkeypatch.setattr(autoprompt.models, "load_model", no_model)
     run = runs["trigger"]
     before = (run / "report.md").read_text(encoding="utf-8")
     invoke("runs", "report", run)  # over an existing report

@@ -9,7 +9,7 @@ import torch
 from autoprompt import Example, Prompt
 from autoprompt.errors import TemplateError
 from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
-from autoprompt.model import LanguageModel
+from autoprompt.models import LanguageModel
 from autoprompt.scoring import encode_examples, evaluate, pack_batches, score_labels, score_targets
 from autoprompt.template import fill_template
 

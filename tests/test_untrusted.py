@@ -14,7 +14,7 @@ import torch
 
 from autoprompt.cli import main
 from autoprompt.errors import ModelError
-from autoprompt.model import load_model
+from autoprompt.models import load_model
 from autoprompt.task import BUILTIN_TASKS_DIR, load_task
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autoprompt"

@@ -15,12 +15,9 @@ from __future__ import annotations
 import contextvars
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from autoprompt.model import LanguageModel
 
 NAME = "autoprompt_prefix"
 # checked against the copying path in tests/test_bench.py; others take that path
@@ -35,10 +32,19 @@ class _Prefix:
     per_group: int
 
 
+class _Model(Protocol):
+    """What this module reads of a LanguageModel (models.base imports this module, not the reverse)."""
+
+    hf_model: torch.nn.Module
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+
 _ACTIVE: contextvars.ContextVar[_Prefix | None] = contextvars.ContextVar("autoprompt_prefix", default=None)
 
 
-def supported(model: LanguageModel) -> bool:
+def supported(model: _Model) -> bool:
     config = model.hf_model.config
     return (getattr(config, "model_type", None) in SUPPORTED and not getattr(config, "sliding_window", None)
             and _register())
@@ -85,7 +91,7 @@ def prefix_attention(module, query, key, value, attention_mask, scaling, dropout
     return out.reshape(B, Hq, S, D).transpose(1, 2).contiguous(), None
 
 
-def prefix_forward(model: LanguageModel, layers, prefix_mask: torch.Tensor, rows: torch.Tensor,
+def prefix_forward(model: _Model, layers, prefix_mask: torch.Tensor, rows: torch.Tensor,
                    input_ids: torch.Tensor | None, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                    inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states of continuations of cached prefixes ([n_prefixes, width] mask; ``rows``
