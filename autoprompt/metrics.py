@@ -25,3 +25,13 @@ def precision_at_1(ranks: np.ndarray) -> float:
 
 def mrr(ranks: np.ndarray) -> float:
     return float(np.mean(1.0 / (np.asarray(ranks) + 1))) if len(ranks) else 0.0
+
+
+def metric_value(metric: str, gold, *, predicted=None, ranks=None, labels=None) -> float:
+    if metric == "accuracy":
+        return accuracy(list(predicted), list(gold))
+    if metric == "macro_f1":
+        return macro_f1(list(predicted), list(gold), list(labels))
+    if metric == "precision@1":
+        return precision_at_1(np.asarray(ranks))
+    return mrr(np.asarray(ranks))

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 
 from autoprompt.data import Example, verbalizer_overlap
 from autoprompt.errors import TemplateError
-from autoprompt.template import chat_wrap, count_triggers, escape_literal, fill_template, parse_template
+from autoprompt.template import (
+    chat_wrap,
+    count_triggers,
+    escape_literal,
+    fill_template,
+    parse_template,
+    remove_triggers,
+)
 
 if TYPE_CHECKING:
     from autoprompt.task import Task
@@ -120,11 +127,3 @@ class Prompt:
     def answer_word(self, answer: str) -> str:
         """How a demonstration's answer is shown: its label's first verbalizer word."""
         return (self.verbalizer or {}).get(answer, [answer])[0] if self.verbalizer else answer
-
-
-def remove_triggers(template: str) -> str:
-    """The template with its [T] slots (and the spaces before them) removed."""
-    out = template
-    while " [T]" in out:
-        out = out.replace(" [T]", "")
-    return out.replace("[T]", "")

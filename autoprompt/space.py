@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from autoprompt.data import verbalizer_overlap
 from autoprompt.errors import TemplateError
-from autoprompt.prompt import Prompt, remove_triggers
-from autoprompt.template import RESERVED_FIELDS, parse_template, template_fields
+from autoprompt.prompt import Prompt
+from autoprompt.template import RESERVED_FIELDS, parse_template, place_triggers, remove_triggers, template_fields
 
 if TYPE_CHECKING:
     from autoprompt.task import Example, Task
@@ -223,15 +223,7 @@ class Choice:
 
 def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_triggers: int = 0) -> Prompt:
     """The prompt a choice stands for (calibration not yet measured: it needs the model)."""
-    layout = space.layout[choice.layout]
-    if not n_triggers:
-        layout = remove_triggers(layout)
-    elif "[T]" in layout:
-        layout = layout.replace("[T]", " ".join(["[T]"] * n_triggers))
-    else:
-        from autoprompt.trigger_search import with_trigger_slots
-
-        layout = with_trigger_slots(layout, n_triggers)
+    layout = place_triggers(space.layout[choice.layout], n_triggers)
     demo_k = 0
     if choice.k and choice.selection == "similar":  # a pool; each input gets its k nearest at scoring time
         train = task.examples("train")

@@ -90,6 +90,34 @@ def count_triggers(template: str) -> int:
     return sum(s.kind == "trigger" for s in parse_template(template))
 
 
+def remove_triggers(template: str) -> str:
+    """The template with its [T] slots (and the spaces before them) removed."""
+    out = template
+    while " [T]" in out:
+        out = out.replace(" [T]", "")
+    return out.replace("[T]", "")
+
+
+def with_trigger_slots(template: str, n_triggers: int) -> str:
+    """Add n [T] slots after the last field when the template has none."""
+    if "[T]" in template or n_triggers <= 0:
+        return template
+    cut = template.rfind("}") + 1
+    if cut == 0:
+        cut = template.index("[P]")
+    return template[:cut] + " [T]" * n_triggers + template[cut:]
+
+
+def place_triggers(layout: str, n_triggers: int) -> str:
+    """A layout's trigger slots: none (n = 0), n where its one [T] marks the place, else n after its
+    last field."""
+    if not n_triggers:
+        return remove_triggers(layout)
+    if "[T]" in layout:
+        return layout.replace("[T]", " ".join(["[T]"] * n_triggers))
+    return with_trigger_slots(layout, n_triggers)
+
+
 def escape_literal(text: str) -> str:
     """Text made safe to place inside a template as a literal."""
     return text.replace("{", "{{").replace("}", "}}")

@@ -1,0 +1,279 @@
+"""Optuna template search: instruction, layout, verbalizer, demonstrations, chat, calibration.
+
+Each trial is one point of a search space (autoprompt.space) scored on dev in chunks, so
+Optuna's pruner can stop a bad one early (searches.trials). The task's manual prompt is the
+first trial. The study lives in an Optuna storage (sqlite in the run folder by default, or any
+URL several workers share); the budget is the study's, not a worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from autoprompt.errors import AutoPromptError, InputTooLong
+from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate
+from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
+from autoprompt.searches.trials import (
+    PRUNERS,
+    SAMPLERS,
+    Trials,
+    best_value,
+    budget_left,
+    finished,
+    make_pruner,
+    make_sampler,
+    searched,
+    trial_counts,
+)
+from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
+from autoprompt.storage import hold_signals_in, open_storage, requeue_interrupted, study_name, study_storage
+from autoprompt.template import remove_triggers
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprompt.models import LanguageModel
+    from autoprompt.prompt import Prompt
+    from autoprompt.runs import Run
+    from autoprompt.task import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TemplateSearchConfig:
+    """Settings of the template search (its seed and time budget are the run's: RunSettings)."""
+
+    space: str = opt("default", "Search space: a YAML file, or a name in search/ (default, sentiment, facts).")
+    trials: int = opt(40, "Trials of the study (all workers together), the manual prompt's included.")
+    sampler: str = opt("tpe", "Optuna sampler.", choices=SAMPLERS)
+    pruner: str = opt("halving", "Stops bad trials early from their dev chunks (wilcoxon needs scipy). On SST-2, "
+                      "halving found the best dev prompt scoring the fewest examples (README).", choices=PRUNERS)
+    trial_dev: int | None = opt(200, "Dev examples each trial is scored on; the best few are then re-scored "
+                                "on all of dev (default 200; 0: all of dev).", min=0)
+    chunk: int = opt(50, "Dev examples per pruning report.")
+    rescore_top: int = opt(3, "Best trials re-scored on all of dev before the winner is chosen.")
+    storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
+                              "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
+                              "in the run folder). Its password is never written or printed.",
+                              envvar="AUTOPROMPT_STORAGE")
+    study_name: str | None = opt(None, "Study name in --storage (default: TASK-template, so workers share it; "
+                                 "without --storage: the run folder's name).")
+    heartbeat: int = opt(10, "Seconds between a running trial's heartbeats in a shared --storage; a trial silent "
+                         "for 3 of them lost its worker: it is failed and its params run again.")
+
+
+@dataclass
+class TemplateResult:
+    prompt: Prompt
+    choice: Choice
+    dev: dict[str, float]  # the winner's metrics on all of dev
+    trials: dict[str, int]  # complete / pruned / duplicate / failed counts
+    space: SearchSpace
+    dev_evaluation: Evaluation | None = None  # the winner on all of dev
+
+
+# --- the space and its prompts ---------------------------------------------------------------
+
+def task_space(cfg: TemplateSearchConfig, task: Task) -> SearchSpace:
+    """The configured space for the task, checked, with the task's own choices first."""
+    return with_manual_choices(load_space(cfg.space).for_task(task), task)
+
+
+def manual_params(space: SearchSpace) -> dict[str, Any]:
+    """The trial params of the task's own prompt (index 0 of the filled-in space)."""
+    defaults = {"instruction": 0, "layout": 0, "verbalizer": 0, "k": 0, "selection": space.selection[0],
+                "order": space.order[0], "chat": False, "calibration": "none"}
+    return {name: value for name, value in defaults.items() if name in searched(space)}
+
+
+def with_manual_choices(space: SearchSpace, task: Task) -> SearchSpace:
+    """The space with the task's own choices first in every dimension, so trial 0 is the manual prompt."""
+    def first(values: list[Any], value: Any, key=lambda v: v) -> list[Any]:
+        same = [v for v in values if key(v) == key(value)]
+        return [same[0] if same else value] + [v for v in values if key(v) != key(value)]
+
+    return replace(space, instruction=first(space.instruction, ""),
+                   layout=first(space.layout, task.template, key=remove_triggers),
+                   verbalizer=first(space.verbalizer, dict(task.verbalizer or {})) if task.verbalizer else space.verbalizer,
+                   k=first(space.k, 0), chat=first(space.chat, False), calibration=first(space.calibration, "none"))
+
+
+def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: Choice, *, seed: int,
+                 n_triggers: int = 0, caches: Caches | None = None) -> Prompt:
+    """The prompt of a choice for the model, its calibration measured (unless triggers will change it)."""
+    prompt = replace(prompt_for(choice, space, task, seed=seed, n_triggers=n_triggers), model=model.ref)
+    if choice.calibration == "contextual" and not n_triggers:
+        prompt = replace(prompt, calibration=content_free_calibration(model, prompt, caches))
+    return prompt
+
+
+# --- the search -----------------------------------------------------------------------------
+
+def open_study(cfg: TemplateSearchConfig, run: Run, space: SearchSpace, seed: int, resume: bool) -> optuna.Study:
+    """The run's study (made, or joined on a shared storage), with the manual prompt queued as trial 0."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shared = cfg.storage is not None
+    storage = open_storage(study_storage(run), heartbeat=cfg.heartbeat if shared else None)
+    # workers sharing a storage must not all propose the same points: each samples with its own seed
+    sampler_seed = seed if not shared else seed + os.getpid()
+    sampler, pruner = make_sampler(cfg.sampler, sampler_seed), make_pruner(cfg.pruner)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name(run), direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, study_name=study_name(run), sampler=sampler, pruner=pruner)
+        created = False
+    hold_signals_in(study._storage)  # Optuna's cache around the storage: kept in step with it on Ctrl-C too
+    if resume and not shared:  # on a shared storage, other workers' trials are RUNNING too: heartbeats tell
+        requeue_interrupted(study)
+    # the manual prompt is queued once, by the worker that made the study (workers that all found it
+    # empty queued it once each)
+    if created or (not shared and not study.trials):
+        study.enqueue_trial(manual_params(space), user_attrs={"manual": True}, skip_if_exists=True)
+    return study
+
+
+def template_search(ctx: Context, cfg: TemplateSearchConfig, *, budget=None) -> TemplateResult:
+    """Run (or continue) the run's study; returns the winner after re-scoring the best on all of dev.
+    ``budget``: when to stop taking trials (default: the run's)."""
+    budget = budget or ctx.budget
+    space = task_space(cfg, ctx.task)
+    study = open_study(cfg, ctx.run, space, ctx.seed, ctx.resume)
+    dev = ctx.task.examples("dev")
+    order = list(range(len(dev)))
+    random.Random(ctx.seed).shuffle(order)  # chunks are random samples of dev, the same for every trial
+    caches = Caches()  # kept for the whole search
+    trials = Trials(ctx.model, ctx.task, space, study, [dev[i] for i in order[: cfg.trial_dev or None]], ctx.seed,
+                    cfg.trials, cfg.chunk, cfg.pruner, lambda choice: build_prompt(
+                        ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches), caches)
+    warm = False
+    bar = tqdm(total=cfg.trials, initial=finished(study), desc="template search", unit="trial",
+               disable=not ctx.progress)
+    try:
+        while budget_left(study, cfg.trials):
+            if budget.spent():
+                log.info("time budget: no more trials (%s)", budget.describe())
+                break
+            event = trials.next()
+            if event is None:
+                continue
+            if warm:  # (the first trial of a process also pays for warming up)
+                budget.record(event.get("examples", 0), event["seconds"], chunked=True)
+            warm = True
+            ctx.run.log({"stage": "template", **event})
+            bar.update(1)
+            best = best_value(study)
+            bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
+    finally:
+        bar.close()
+    return choose_winner(ctx, cfg, space, study, caches)
+
+
+def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, study: optuna.Study,
+                  caches: Caches | None = None) -> TemplateResult:
+    """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value)."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs and t.value is not None]
+    if not done:
+        raise AutoPromptError("the template search finished no trial (all pruned or failed)")
+    done.sort(key=lambda t: (-t.value, t.number))
+    dev = ctx.task.examples("dev")
+    full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)  # trials already saw all of dev: the best wins
+    top = done[: 1 if full_dev else max(1, cfg.rescore_top)]
+    best = None
+    bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not ctx.progress)
+    for t in top:
+        choice = Choice.from_params(t.params, space)
+        prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
+        bar.update(len(dev))
+        try:
+            evaluation = evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
+        except InputTooLong as exc:  # some dev input the trial's sample did not have is too long with it
+            log.warning("trial %d is not re-scored: %s", t.number, exc)
+            continue
+        ctx.run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value,
+                     "dev": evaluation.metrics[ctx.task.metric]})
+        key = (evaluation.metrics[ctx.task.metric], t.value)
+        if best is None or key > best[0]:
+            best = (key, prompt, choice, evaluation)
+    bar.close()
+    if best is None:
+        raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
+    _, prompt, choice, evaluation = best
+    return TemplateResult(prompt, choice, evaluation.metrics, trial_counts(study), space, evaluation)
+
+
+def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, optuna.trial.FrozenTrial] | None:
+    """The prompt of the study's best finished trial so far, and the trial (None before there is one)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name(ctx.run), storage=open_storage(study_storage(ctx.run)))
+    except KeyError:  # interrupted before the study was made
+        return None
+    hold_signals_in(study._storage)
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None
+    best = max(done, key=lambda t: (t.value, -t.number))
+    space = task_space(cfg, ctx.task)
+    return build_prompt(ctx.model, ctx.task, space, Choice.from_params(best.params, space), seed=ctx.seed), best
+
+
+# --- the method ------------------------------------------------------------------------------
+
+WINNER_FILE = "template_winner.json"  # the study's winner, once chosen (a resumed hybrid starts from it)
+
+
+def template_stage(ctx: Context, cfg: TemplateSearchConfig, budget=None) -> TemplateResult:
+    """The template search of a run, or its winner when the run already chose one (a resumed hybrid)."""
+    if ctx.resume and (ctx.run.path / WINNER_FILE).exists():
+        saved = ctx.run.read_json(WINNER_FILE)
+        space, choice = task_space(cfg, ctx.task), Choice(**saved["choice"])
+        return TemplateResult(build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed), choice, saved["dev"],
+                              saved["trials"], space)
+    result = template_search(ctx, cfg, budget=budget)
+    ctx.run.write_json(WINNER_FILE, {"choice": asdict(result.choice), "dev": result.dev, "trials": result.trials})
+    return result
+
+
+def found(result: TemplateResult, winner: str = "template") -> Found:
+    """What a template search hands over: its winner, with its dev evaluation and how it was chosen."""
+    return Found(result.prompt, result.dev_evaluation, info={"winner": winner, "choice": asdict(result.choice),
+                                                             "trials": result.trials},
+                 work={"trials": sum(n for state, n in result.trials.items() if state != "failed")})
+
+
+def search(ctx: Context, cfg: TemplateSearchConfig) -> Found:
+    return found(template_stage(ctx, cfg))
+
+
+def best_so_far(ctx: Context, cfg: TemplateSearchConfig) -> Found | None:
+    """An interrupted run's best: the chosen winner, else the study's best trial so far."""
+    if (ctx.run.path / WINNER_FILE).exists():
+        return found(template_stage(Context(**{**ctx.__dict__, "resume": True}), cfg))
+    best = best_trial_prompt(ctx, cfg)
+    return None if best is None else Found(best[0], info={"trial": best[1].number, "trial_dev": best[1].value})
+
+
+def final_examples(task: Task, cfg: TemplateSearchConfig) -> int:
+    """The best trials re-scored on dev (the winner's dev scores are kept), then both prompts at the end."""
+    dev = len(task.splits.get("dev") or [])
+    rescored = 1 if not cfg.trial_dev or cfg.trial_dev >= dev else max(1, cfg.rescore_top)
+    return rescored * dev + 2 * final_split_examples(task) - dev
+
+
+METHOD = Method("template", TemplateSearchConfig, search, best_so_far, final_examples,
+                help="Optuna search over a --space of instructions, layouts, verbalizers, demonstrations", has_study=True)
