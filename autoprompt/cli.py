@@ -354,7 +354,7 @@ def _print_seeds(results, summary_path: Path, task, method: str, model: str, as_
         click.echo(json.dumps({"summary": summary, "summary_file": str(summary_path),
                                "runs": [_result_report(r, task, method, model) for r in results]}))
         return
-    from autoprompt.report import format_value
+    from autoprompt.runs import format_value
 
     metric = task.metric
     for row, result in zip(summary["runs"], results, strict=True):
@@ -405,8 +405,8 @@ def labels(task: str, model: str | None, top_k: int, examples: int, seed: int, a
 def predict(prompt_path: str, source: str, output: str, model: str | None, allow_tokenizer_mismatch: bool,
             batch_size: int, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Predict with a prompt file. SOURCE: JSONL objects or one text per line ('-': stdin)."""
+    from autoprompt.files import write_atomic
     from autoprompt.predict import load_prompt
-    from autoprompt.prompt_file import write_atomic
 
     predictor = load_prompt(prompt_path, model=model, device=device, dtype=dtype,
                             allow_tokenizer_mismatch=allow_tokenizer_mismatch, trust_remote_code=trust_remote_code)
@@ -483,9 +483,9 @@ def models(as_json: bool) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 def dashboard(run: str, host: str, port: int) -> None:
     """Open optuna-dashboard on the study of a template or hybrid RUN."""
+    from autoprompt.redaction import redact_url
     from autoprompt.runs import Run
-    from autoprompt.storage import redact_url
-    from autoprompt.template_search import open_storage, study_storage
+    from autoprompt.storage import open_storage, study_storage
 
     config = Run.open(run).config()
     if config.get("method") not in ("template", "hybrid"):
@@ -516,8 +516,8 @@ def bench(model: str | None, task_spec: str, candidates: int, examples: int, rou
           as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
     from autoprompt.bench import BenchConfig, format_table, run_bench
+    from autoprompt.files import write_atomic
     from autoprompt.models import DEFAULT_MODEL, load_model
-    from autoprompt.prompt_file import write_atomic
     from autoprompt.task import load_task
 
     task = load_task(task_spec)

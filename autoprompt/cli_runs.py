@@ -53,8 +53,7 @@ def show(run: str, runs_dir: str, as_json: bool) -> None:
     """A run's config, its prompt rendered on one example, metrics with 95% intervals, its files."""
     from dataclasses import asdict
 
-    from autoprompt.report import metrics_table, prompt_section, split_results
-    from autoprompt.runs import find_run, summary
+    from autoprompt.runs import find_run, metrics_table, prompt_section, split_results, summary
 
     the_run = find_run(run, runs_dir)
     info, rows = summary(the_run), split_results(the_run)
@@ -103,8 +102,7 @@ def compare(run_specs: tuple[str, ...], runs_dir: str, markdown: bool, as_json: 
 @_DIR
 def report(run: str, runs_dir: str) -> None:
     """Write a run's report.md and PNGs again, from its files (no model needed)."""
-    from autoprompt.report import write_report
-    from autoprompt.runs import find_run
+    from autoprompt.runs import find_run, write_report
 
     click.echo(f"report: {write_report(find_run(run, runs_dir))}")
 
@@ -122,7 +120,7 @@ def report(run: str, runs_dir: str) -> None:
 def export(run: str, fmt: str, output: str, task: str | None, runs_dir: str) -> None:
     """Export the prompt of RUN (a run folder or a prompt file) to another format."""
     from autoprompt.export import export_prompt
-    from autoprompt.prompt_file import write_atomic
+    from autoprompt.files import write_atomic
 
     text = export_prompt(run, fmt, runs_dir=runs_dir, task=task, yaml=output.endswith((".yaml", ".yml")))
     if output == "-":
@@ -133,7 +131,7 @@ def export(run: str, fmt: str, output: str, task: str | None, runs_dir: str) -> 
 
 
 def _cell(row: dict, column: str) -> str:
-    from autoprompt.report import format_interval, format_seconds, format_value
+    from autoprompt.runs import format_interval, format_seconds, format_value
 
     if column in ("dev", "test"):
         return format_value(row[column])

@@ -14,22 +14,17 @@ from typing import Any
 
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
+from autoprompt.files import write_atomic
 from autoprompt.models import LanguageModel
 from autoprompt.predict import Predictor
 from autoprompt.prompt import Prompt
-from autoprompt.prompt_file import PromptFile, save_prompt_file, write_atomic
-from autoprompt.report import PREDICTIONS_FORMAT, split_record, write_report
-from autoprompt.runs import DEFAULT_RUNS_DIR, Run
+from autoprompt.prompt_file import PromptFile, save_prompt_file
+from autoprompt.redaction import redact
+from autoprompt.runs import DEFAULT_RUNS_DIR, PREDICTIONS_FORMAT, Run, split_record, write_report
 from autoprompt.scoring import Caches, Evaluation, evaluate, render_template
-from autoprompt.storage import redact, use_storage_again
+from autoprompt.storage import study_name, study_storage, use_storage_again
 from autoprompt.task import Task
-from autoprompt.template_search import (
-    TemplateSearchConfig,
-    build_prompt,
-    study_name,
-    study_storage,
-    template_search,
-)
+from autoprompt.template_search import TemplateSearchConfig, build_prompt, template_search
 from autoprompt.trigger_search import TriggerSearchConfig, initial_prompt, read_checkpoint, trigger_search
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,12 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
+from autoprompt.files import write_atomic
 from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.data import Example
 from autoprompt.template import parse_template
@@ -216,43 +216,3 @@ def _typed(value: Any, kind: type, name: str) -> Any:
         raise PromptFileError(f"{name} must be {kind.__name__}, not {type(value).__name__}")
     return value
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never half of one."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)  # the rename itself survives a power cut
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise AutoPromptError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a platform that cannot open folders (Windows): nothing to sync
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a file system that does not sync folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -22,7 +22,6 @@ import datetime
 import functools
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -31,11 +30,12 @@ import warnings
 from typing import TYPE_CHECKING
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.redaction import REDACTED, redact_text, redact_url
 
 if TYPE_CHECKING:
     import optuna
 
-    from autoprompt.runs import Run
+    from autoprompt.runs.folder import Run
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,16 @@ def open_storage(url: str, *, heartbeat: int | None = None):
     raise AssertionError("unreachable")
 
 
+def study_name(run: Run) -> str:
+    """The study of a run in its storage: --study-name; else, on a shared storage, one name every
+    worker of the task agrees on; else the run folder's name (its own study.db)."""
+    config = run.config()
+    tconfig = config.get("template_search") or {}
+    if tconfig.get("study_name"):
+        return tconfig["study_name"]
+    return f"{config.get('task')}-template" if tconfig.get("storage") else run.name
+
+
 def study_storage(run: Run) -> str:
     """The storage URL of a run's study: the shared one it was given, else its own study.db. A shared
     URL's password is never written to the run folder: it comes from this process (the URL it opened),
@@ -184,21 +194,10 @@ def study_storage(run: Run) -> str:
     return real
 
 
-# --- secrets: a storage URL's password is never written or printed ---------------------------
+# --- secrets: a storage URL's password is never written or printed (redaction.py) -------------
 
 STORAGE_ENV = "AUTOPROMPT_STORAGE"  # the storage URL (with its password) when --storage is not given
-REDACTED = "***"
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):(?P<secret>[^/@\s]*)@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<secret>[^&\s]*)", re.IGNORECASE)
 _REAL_URLS: dict[str, str] = {}  # redacted URL -> the URL this process was given
-
-
-def redact_url(text: str) -> str:
-    """``text`` with every URL password (``user:pass@``, ``?password=``) replaced by ***."""
-    if not isinstance(text, str):
-        return text
-    text = _USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
-    return _QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
 
 
 def use_storage_again(given: str, saved: str | None, run: object) -> None:
@@ -211,26 +210,6 @@ def use_storage_again(given: str, saved: str | None, run: object) -> None:
                               f"not {redact_url(given)}")
     if given != saved:
         _REAL_URLS[saved] = given
-
-
-def redact(data):
-    """JSON-like data with redact_url applied to every string in it (a config, a prompt file's search)."""
-    if isinstance(data, str):
-        return redact_url(data)
-    if isinstance(data, dict):
-        return {key: redact(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [redact(value) for value in data]
-    return data
-
-
-def redact_text(text: str, url: str) -> str:
-    """A message with the URL's password taken out wherever it appears (a driver may quote it)."""
-    text = redact_url(text)
-    for secret in [m["secret"] for m in _USERINFO.finditer(url)] + [m["secret"] for m in _QUERY_SECRET.finditer(url)]:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def has_heartbeat(study: optuna.Study) -> bool:

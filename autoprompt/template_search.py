@@ -90,16 +90,6 @@ class TemplateResult:
 
 # --- storage and study ----------------------------------------------------------------------
 
-def study_name(run: Run) -> str:
-    """The study of a run in its storage: --study-name; else, on a shared storage, one name every
-    worker of the task agrees on; else the run folder's name (its own study.db)."""
-    config = run.config()
-    tconfig = config.get("template_search") or {}
-    if tconfig.get("study_name"):
-        return tconfig["study_name"]
-    return f"{config.get('task')}-template" if tconfig.get("storage") else run.name
-
-
 def make_sampler(name: str, seed: int):
     import optuna
 

@@ -270,7 +270,7 @@ def test_written_files_get_the_usual_mode(tmp_path) -> None:
     import os
     import stat
 
-    from autoprompt.prompt_file import write_atomic
+    from autoprompt.files import write_atomic
 
     old = os.umask(0o022)
     try:
@@ -285,7 +285,7 @@ def test_atomic_writes_sync_the_file_and_its_folder(tmp_path, monkeypatch) -> No
     import os
     import stat
 
-    from autoprompt.prompt_file import write_atomic
+    from autoprompt.files import write_atomic
 
     synced = []
     real = os.fsync

@@ -12,17 +12,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from autoprompt.cli import main
+from autoprompt.metrics import bootstrap, confusion_matrix, interval
+from autoprompt.runs import Run, SplitResult, overfit_warning, split_results, summary, write_report
+from autoprompt.runs.predictions import side_value as metric_value  # the metric of one side of a split record
 from autoprompt.metrics import macro_f1
-from autoprompt.report import (
-    SplitResult,
-    bootstrap,
-    confusion_matrix,
-    interval,
-    metric_value,
-    overfit_warning,
-    split_results,
-)
-from autoprompt.runs import Run
 
 WORDS = {"positive": ["great", "wonderful", "loved", "fine"], "negative": ["terrible", "dull", "awful", "boring"]}
 TEMPLATE = "Review: {text}\nSentiment:[P]"
@@ -243,3 +236,34 @@ def test_runs_list_of_a_folder_without_runs_is_not_an_error(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)  # the default runs/ does not exist yet: a new user's first look
     result = CliRunner().invoke(main, ["runs", "list"])
     assert result.exit_code == 0 and result.output.startswith("no runs in runs/ yet")
+
+
+def test_a_new_method_lists_and_reports_by_the_shape_of_its_data(tmp_path: Path) -> None:
+    """A search the runs code has never heard of: its work comes from result.json's "work", its history
+    panels from the kinds of events it logged (steps with a loss, trials with a state)."""
+    run = Run.create("toy", "beam", {"method": "beam", "task": "toy", "model": "m"}, runs_dir=tmp_path)
+    run.write_json("result.json", {"state": "finished", "metric": "accuracy", "work": {"rounds": 3, "steps": 4},
+                                   "metrics": {"dev": {"accuracy": 0.75}}, "baseline": {"dev": {"accuracy": 0.5}}})
+    for step in range(5):
+        run.log({"stage": "beam", "step": step, "loss": 1.0 / (step + 1), "best_candidate_loss": 0.5 / (step + 1),
+                 **({"dev": 0.5 + step / 20} if step % 2 == 0 else {})})
+    run.log({"stage": "beam", "trial": 0, "state": "complete", "dev": 0.7})
+    info = summary(run)
+    assert (info["work"], info["steps"], info["trials"]) == ("3 rounds + 4 steps", 4, None)
+    report = write_report(run).read_text(encoding="utf-8")
+    assert "· 3 rounds + 4 steps ·" in report and "![history.png](history.png)" in report
+    assert (run.path / "history.png").stat().st_size > 0
+    assert not (run.path / "study.db").exists()  # no study: none opened (nor created) for Optuna's plots
+
+
+def test_older_runs_count_their_work_from_the_log(tmp_path: Path) -> None:
+    """Runs made before result.json recorded "work": trials and steps counted by method, as before."""
+    run = Run.create("toy", "hybrid", {"method": "hybrid", "task": "toy"}, runs_dir=tmp_path)
+    run.write_json("result.json", {"state": "interrupted"})
+    for trial in range(3):
+        run.log({"stage": "template", "trial": trial, "state": "complete", "dev": 0.5})
+    run.log({"stage": "rescore", "trial": 0, "trial_dev": 0.5, "dev": 0.6})
+    for step in range(3):
+        run.log({"stage": "trigger", "step": step, "dev": 0.6})
+    info = summary(run)
+    assert (info["work"], info["steps"], info["trials"]) == ("3 trials + 2 steps", 2, 3)

@@ -20,7 +20,7 @@ from words_task import words_task_file
 
 from autoprompt import storage as storage_module
 from autoprompt.cli import main
-from autoprompt.storage import redact_url
+from autoprompt.redaction import redact_url
 
 SECRET = "s3cr3t-Pw0rd"
 

@@ -2,21 +2,28 @@
 
 Figures are built with matplotlib's object API (``Figure``), never pyplot, so drawing a
 report changes no global state; only Optuna's own plots go through pyplot, on Agg.
+
+history.png has a panel per kind of logged event, whatever search logged it: steps (events with
+a "step": the loss and the dev metric per step) and trials (events with a "trial" and its
+"state": the dev metric per trial and the best so far).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autoprompt.report import SplitResult, save_figure
+from autoprompt.storage import open_storage, study_name, study_storage
 
 if TYPE_CHECKING:
-    from autoprompt.runs import Run
+    from autoprompt.runs.folder import Run
+    from autoprompt.runs.predictions import SplitResult
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +77,30 @@ def confusion_png(counts: np.ndarray, labels: list[str], split: str, path: Path)
 
 
 def history_pngs(run: Run, events: list[dict[str, Any]], folder: Path) -> list[str]:
-    """history.png from the log (trigger steps, template trials), and Optuna's own plots of the
-    study where they apply; returns the names written."""
-    written = ["history.png"] if _history_png(events, folder / "history.png") else []
+    """history.png from the log (a panel per kind of event), and Optuna's own plots of the run's
+    study if it has one; returns the names written."""
+    written = ["history.png"] if _history_png(events, folder / "history.png", run.config().get("method")) else []
     return written + _optuna_pngs(run, folder)
 
 
-def _history_png(events: list[dict[str, Any]], path: Path) -> bool:
+def _history_png(events: list[dict[str, Any]], path: Path, method: str | None) -> bool:
     from matplotlib.figure import Figure
 
-    trials = [e for e in events if e.get("stage") == "template" and "trial" in e]
-    steps = [e for e in events if "step" in e and e.get("stage", "trigger") == "trigger"]
+    trials = [e for e in events if "trial" in e and "state" in e]  # a trial's outcome (not its re-scoring)
+    steps = [e for e in events if "step" in e]
     panels = [(draw, data) for draw, data in ((_trials_panel, trials), (_steps_panel, steps)) if data]
     if not panels:
         return False
     fig = Figure(figsize=(7, 3.2 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (draw, data) in zip(axes, panels, strict=True):
-        draw(ax, data)
+        draw(ax, data, data[0].get("stage") or method)  # a hybrid's log names the stage of each event
     save_figure(fig, path)
     return True
 
 
-def _trials_panel(ax, trials: list[dict[str, Any]]) -> None:
-    """Template search: each trial's dev value by state, and the best so far."""
+def _trials_panel(ax, trials: list[dict[str, Any]], search: str | None) -> None:
+    """Each trial's dev value by state, and the best so far."""
     for state, marker, color in (("complete", "o", "tab:blue"), ("duplicate", "s", "tab:gray"),
                                  ("pruned", "x", "tab:red")):
         shown = [t for t in trials if t.get("state") == state]
@@ -108,12 +115,12 @@ def _trials_panel(ax, trials: list[dict[str, Any]]) -> None:
         ax.step(numbers, np.maximum.accumulate(values), where="post", color="tab:green", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("dev metric (trial examples)")
-    ax.set_title("template search: dev metric per trial", fontsize=10)
+    ax.set_title(f"{search} search: dev metric per trial", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
 
 
-def _steps_panel(ax, steps: list[dict[str, Any]]) -> None:
-    """Trigger search: the current prompt's loss per step, and its dev metric where it was checked."""
+def _steps_panel(ax, steps: list[dict[str, Any]], search: str | None) -> None:
+    """The current prompt's loss per step, and its dev metric where it was checked."""
     lossy = [e for e in steps if e.get("loss") is not None]
     if lossy:
         ax.plot([e["step"] for e in lossy], [e["loss"] for e in lossy], color="tab:blue", marker=".", label="loss")
@@ -127,29 +134,25 @@ def _steps_panel(ax, steps: list[dict[str, Any]]) -> None:
         dev_ax.plot([e["step"] for e in checked], [e["dev"] for e in checked], color="tab:orange", marker="o",
                     label="dev metric")
         dev_ax.set_ylabel("dev metric", color="tab:orange")
-    ax.set_title("trigger search: loss and dev metric per step", fontsize=10)
+    ax.set_title(f"{search} search: loss and dev metric per step", fontsize=10)
     if lossy:
         ax.legend(fontsize=7, loc="upper right")
 
 
 def _optuna_pngs(run: Run, folder: Path) -> list[str]:
-    """Optuna's matplotlib plots of a template or hybrid run's study. They are extras: a study
-    that cannot be opened, or a plot Optuna refuses (importances need two complete trials
-    that differ), is skipped with a log line."""
-    if run.config().get("method") not in ("template", "hybrid"):
-        return []
+    """Optuna's matplotlib plots of the run's study, if it has one. They are extras: a study that
+    cannot be opened, or a plot Optuna refuses (importances need two complete trials that
+    differ), is skipped with a log line."""
     try:
+        study = _study(run)
+        if study is None:
+            return []
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import optuna
         from optuna.visualization import matplotlib as optuna_plots
-
-        from autoprompt.template_search import open_storage, study_name, study_storage
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_name(run), storage=open_storage(study_storage(run)))
     except Exception as exc:  # the report stands without these plots
         log.info("%s: no Optuna plots (%s)", run.name, exc)
         return []
@@ -174,3 +177,30 @@ def _optuna_pngs(run: Run, folder: Path) -> list[str]:
         except Exception as exc:  # e.g. importances of parameters that never varied
             log.info("%s: skipped %s (%s)", run.name, name, exc)
     return written
+
+
+def _study(run: Run):
+    """The run's Optuna study; None when it has none (no shared storage and no study.db of its own:
+    opening that would create an empty one)."""
+    url = study_storage(run)
+    own = run.path / "study.db"
+    if url == f"sqlite:///{own.resolve()}" and not own.exists():
+        return None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=study_name(run), storage=open_storage(url))
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically: a temp name in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tight_layout's notes about crowded axes
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
