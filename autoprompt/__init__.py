@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from autoprompt.errors import AutoPromptError, ModelError, PromptFileError, TaskError, TemplateError
 from autoprompt.models import LanguageModel, load_model
+from autoprompt.optimizer import SearchResult, optimize
 from autoprompt.predict import Predictor, load_prompt
 from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
 from autoprompt.scoring import Evaluation, evaluate
 from autoprompt.task import Example, Task, load_task, read_examples
+from autoprompt.version import __version__
 
 __all__ = [
     "AutoPromptError", "Evaluation", "Example", "LanguageModel", "ModelError", "ModelRef", "Predictor",
     "Prompt", "PromptFile", "PromptFileError", "Task", "TaskError", "TemplateError", "__version__",
-    "evaluate", "load_model", "load_prompt", "load_task", "read_examples", "read_prompt_file",
-    "save_prompt_file",
+    "SearchResult", "evaluate", "load_model", "load_prompt", "load_task", "optimize", "read_examples",
+    "read_prompt_file", "save_prompt_file",
 ]

@@ -28,15 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt.gradient import trigger_gradient
 from autoprompt.runtime import has_fast_bf16, tune_cpu, tuned
 from autoprompt.scoring import encode_examples, label_word_ids, pad_right, task_loss
-from autoprompt.trigger_search import (
-    TriggerSearchConfig,
-    allowed_tokens,
-    candidate_losses,
-    initial_prompt,
-    trigger_gradient,
-)
+from autoprompt.searches.trigger import TriggerSearchConfig, allowed_tokens, candidate_losses, initial_prompt
 
 if TYPE_CHECKING:
     from autoprompt.models import LanguageModel
@@ -240,15 +235,7 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
             k: shapes[k] for k in ("layers", "hidden", "vocab")}, "linear_params": shapes["linear_params"]},
         "workload": {"task": task.name, "candidates": cfg.candidates, "examples": cfg.examples, "rounds": cfg.rounds},
     }
-    say("matrix-product ceiling")
-    ceiling = {"fp32": gemm_ceiling(model, shapes, cfg.gemm_rows, torch.float32)}
-    if device.type == "cpu":
-        with stock_torch():
-            ceiling["fp32_stock"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.float32)
-    if has_fast_bf16(device):
-        ceiling["bf16"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.bfloat16)
-    else:  # emulated: measured small, to show why it is not used
-        ceiling["bf16_emulated"] = gemm_ceiling(model, shapes, 64, torch.bfloat16, seconds=0.2)
+    ceiling = _ceilings(model, shapes, cfg, say)
     usable = {k: v for k, v in ceiling.items() if k in ("fp32", "fp32_stock") or
               (k == "bf16" and model.dtype == torch.bfloat16)}
     result["ceiling_gflops"] = {k: round(v, 3) for k, v in ceiling.items()}
@@ -257,19 +244,7 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
 
     works = workloads(model, task, cfg)
     counts = [workload_counts(model, shapes, w) for w in works]
-    candidate_losses(model, works[0].prompt, works[0].examples[:2], works[0].candidates[:2], "labels")  # warm-up
-    engine_s, naive_s, max_diff = [], [], 0.0
-    for r, work in enumerate(works):
-        say(f"round {r + 1}/{len(works)}: engine (slot {work.slot})")
-        dt, engine_losses = _timed(lambda w=work: candidate_losses(model, w.prompt, w.examples, w.candidates, "labels"),
-                                   device)
-        engine_s.append(dt)
-        if cfg.naive:
-            say(f"round {r + 1}/{len(works)}: naive reference")
-            dt, naive_losses = _timed(lambda w=work: naive_candidate_losses(model, w.prompt, w.examples, w.candidates),
-                                      device)
-            naive_s.append(dt)
-            max_diff = max(max_diff, float(np.abs(engine_losses - naive_losses).max()))
+    engine_s, naive_s, max_diff = _engine_and_naive(model, works, cfg, say)
     scorings = sum(len(w.candidates) * len(w.examples) for w in works)
     e_time, e_flops = sum(engine_s), sum(c["engine_flops"] for c in counts)
     result["engine"] = {
@@ -297,6 +272,40 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
     say("one trigger-search step")
     result["step"] = step_split(model, task, works[0], shapes)
     return result
+
+
+def _ceilings(model: LanguageModel, shapes: dict[str, Any], cfg: BenchConfig, say) -> dict[str, float]:
+    """GEMM ceilings: fp32 as tuned, fp32 as torch ships (CPU), bf16 (or bf16 emulated, measured small)."""
+    device = model.device
+    say("matrix-product ceiling")
+    ceiling = {"fp32": gemm_ceiling(model, shapes, cfg.gemm_rows, torch.float32)}
+    if device.type == "cpu":
+        with stock_torch():
+            ceiling["fp32_stock"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.float32)
+    if has_fast_bf16(device):
+        ceiling["bf16"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.bfloat16)
+    else:  # emulated: measured small, to show why it is not used
+        ceiling["bf16_emulated"] = gemm_ceiling(model, shapes, 64, torch.bfloat16, seconds=0.2)
+    return ceiling
+
+
+def _engine_and_naive(model: LanguageModel, works: list, cfg: BenchConfig, say):
+    """Seconds of the engine and of the naive reference per round (interleaved), and their largest loss difference."""
+    device = model.device
+    candidate_losses(model, works[0].prompt, works[0].examples[:2], works[0].candidates[:2], "labels")  # warm-up
+    engine_s, naive_s, max_diff = [], [], 0.0
+    for r, work in enumerate(works):
+        say(f"round {r + 1}/{len(works)}: engine (slot {work.slot})")
+        dt, engine_losses = _timed(lambda w=work: candidate_losses(model, w.prompt, w.examples, w.candidates, "labels"),
+                                   device)
+        engine_s.append(dt)
+        if cfg.naive:
+            say(f"round {r + 1}/{len(works)}: naive reference")
+            dt, naive_losses = _timed(lambda w=work: naive_candidate_losses(model, w.prompt, w.examples, w.candidates),
+                                      device)
+            naive_s.append(dt)
+            max_diff = max(max_diff, float(np.abs(engine_losses - naive_losses).max()))
+    return engine_s, naive_s, max_diff
 
 
 def step_split(model: LanguageModel, task: Task, work: Workload, shapes: dict[str, Any]) -> dict[str, float]:

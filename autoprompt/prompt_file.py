@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprompt.data import Example
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
 from autoprompt.files import write_atomic
 from autoprompt.prompt import ModelRef, Prompt
-from autoprompt.data import Example
 from autoprompt.template import parse_template
 
 FORMAT = "autoprompt.prompt/v1"
@@ -40,7 +40,7 @@ class PromptFile:
 
 
 def to_json(pf: PromptFile) -> dict[str, Any]:
-    from autoprompt import __version__
+    from autoprompt.version import __version__
 
     p = pf.prompt
     if p.model is None:
@@ -102,41 +102,13 @@ def read_prompt_file(path: str | os.PathLike) -> PromptFile:
 def from_json(data: Any) -> PromptFile:
     """Build a PromptFile from parsed JSON, checking every field's type first. Anything
     malformed raises PromptFileError, naming the field where it can."""
-    _check(_depth(data) <= MAX_DEPTH, f"JSON nested too deeply (more than {MAX_DEPTH} levels)")
-    _check(isinstance(data, dict), "the top level must be a JSON object")
-    fmt = data.get("format")
-    if fmt != FORMAT:
-        _check(isinstance(fmt, str) and fmt.startswith("autoprompt.prompt/"),
-               f"not an autoprompt prompt file (format {fmt!r}, expected {FORMAT!r})")
-        raise PromptFileError(f"format {fmt!r} is not one this version reads ({FORMAT}); "
-                              "upgrade autoprompt or re-export the prompt")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    _check(not unknown, f"unknown keys: {', '.join(unknown)}")
-    missing = sorted(_REQUIRED - set(data))
-    _check(not missing, f"missing keys: {', '.join(missing)}")
+    _check_top(data)
     task = _typed(data["task"], dict, "task")
-    model = _typed(data["model"], dict, "model")
-    for key in ("name", "source", "kind", "tokenizer_fingerprint"):
-        _typed(model.get(key), str, f"model.{key}")
-    _check(model["kind"] in ("causal", "masked"), f"model.kind must be causal or masked, not {model['kind']!r}")
+    model = _model_ref(_typed(data["model"], dict, "model"))
     fields = [_typed(f, str, "task.fields[]") for f in _typed(task.get("fields", []), list, "task.fields")]
-    verbalizer = data.get("verbalizer")
-    if verbalizer is not None:
-        _typed(verbalizer, dict, "verbalizer")
-        _check(len(verbalizer) >= 2, "verbalizer needs at least two labels")
-        for label, words in verbalizer.items():
-            _check(isinstance(words, list) and words and all(isinstance(w, str) and w for w in words),
-                   f"verbalizer[{label!r}] must be a non-empty list of words")
-    triggers = _typed(data.get("triggers", []), list, "triggers")
-    for t in triggers:
-        _check(isinstance(t, dict) and isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)
-               and t["id"] >= 0 and isinstance(t.get("text"), str), "each trigger must be {\"id\": int >= 0, \"text\": str}")
-    demos = []
-    for d in _typed(data.get("demonstrations", []), list, "demonstrations"):
-        _check(isinstance(d, dict) and isinstance(d.get("fields"), dict)
-               and all(isinstance(v, str) for v in d["fields"].values()) and isinstance(d.get("answer"), str),
-               "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
-        demos.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
+    verbalizer = _verbalizer(data.get("verbalizer"))
+    triggers = _triggers(data.get("triggers", []))
+    demos = _demonstrations(data.get("demonstrations", []))
     demo_k = _typed(data.get("demo_k", 0), int, "demo_k")
     _check(not isinstance(demo_k, bool) and 0 <= demo_k <= len(demos),
            f"demo_k must be 0..{len(demos)} (the number of demonstrations), not {demo_k!r}")
@@ -149,29 +121,11 @@ def from_json(data: Any) -> PromptFile:
     for split, values in metrics.items():
         _check(isinstance(values, dict) and all(isinstance(v, (int, float)) for v in values.values()),
                f"metrics[{split!r}] must map metric names to numbers")
-    template = _typed(data["template"], str, "template")
-    try:
-        parse_template(template)
-    except TemplateError as exc:
-        raise PromptFileError(f"field template: {exc}") from None
-    try:
-        prompt = Prompt(
-            template=template,
-            verbalizer={k: list(v) for k, v in verbalizer.items()} if verbalizer is not None else None,
-            trigger_ids=tuple(t["id"] for t in triggers),
-            trigger_tokens=tuple(t["text"] for t in triggers),
-            instruction=_typed(data.get("instruction", ""), str, "instruction"),
-            demonstrations=tuple(demos),
-            demo_k=demo_k,
-            chat=_typed(data.get("chat", False), bool, "chat"),
-            calibration=tuple(float(v) for v in calibration),
-            model=ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"]),
-            fields=tuple(fields),
-        )
-    except PromptFileError:
-        raise
-    except AutoPromptError as exc:  # what Prompt itself refuses, should a check above miss it
-        raise PromptFileError(f"not a valid prompt: {exc}") from None
+    prompt = _prompt(_template(data["template"]), verbalizer=verbalizer, trigger_ids=tuple(t["id"] for t in triggers),
+                     trigger_tokens=tuple(t["text"] for t in triggers),
+                     instruction=_typed(data.get("instruction", ""), str, "instruction"), demonstrations=tuple(demos),
+                     demo_k=demo_k, chat=_typed(data.get("chat", False), bool, "chat"),
+                     calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields))
     _check(prompt.n_trigger_slots == len(triggers),
            f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
     return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),
@@ -179,6 +133,74 @@ def from_json(data: Any) -> PromptFile:
                       search=_typed(data.get("search", {}), dict, "search"),
                       created=_typed(data.get("created", ""), str, "created"),
                       autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
+
+
+def _check_top(data: Any) -> None:
+    _check(_depth(data) <= MAX_DEPTH, f"JSON nested too deeply (more than {MAX_DEPTH} levels)")
+    _check(isinstance(data, dict), "the top level must be a JSON object")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        _check(isinstance(fmt, str) and fmt.startswith("autoprompt.prompt/"),
+               f"not an autoprompt prompt file (format {fmt!r}, expected {FORMAT!r})")
+        raise PromptFileError(f"format {fmt!r} is not one this version reads ({FORMAT}); "
+                              "upgrade autoprompt or re-export the prompt")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    _check(not unknown, f"unknown keys: {', '.join(unknown)}")
+    missing = sorted(_REQUIRED - set(data))
+    _check(not missing, f"missing keys: {', '.join(missing)}")
+
+
+def _model_ref(model: dict) -> ModelRef:
+    for key in ("name", "source", "kind", "tokenizer_fingerprint"):
+        _typed(model.get(key), str, f"model.{key}")
+    _check(model["kind"] in ("causal", "masked"), f"model.kind must be causal or masked, not {model['kind']!r}")
+    return ModelRef(model["name"], model["source"], model["kind"], model["tokenizer_fingerprint"])
+
+
+def _verbalizer(verbalizer: Any) -> dict[str, list[str]] | None:
+    if verbalizer is None:
+        return None
+    _typed(verbalizer, dict, "verbalizer")
+    _check(len(verbalizer) >= 2, "verbalizer needs at least two labels")
+    for label, words in verbalizer.items():
+        _check(isinstance(words, list) and words and all(isinstance(w, str) and w for w in words),
+               f"verbalizer[{label!r}] must be a non-empty list of words")
+    return {k: list(v) for k, v in verbalizer.items()}
+
+
+def _triggers(triggers: Any) -> list[dict]:
+    for t in _typed(triggers, list, "triggers"):
+        _check(isinstance(t, dict) and isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)
+               and t["id"] >= 0 and isinstance(t.get("text"), str), "each trigger must be {\"id\": int >= 0, \"text\": str}")
+    return triggers
+
+
+def _demonstrations(demos: Any) -> list[Example]:
+    out = []
+    for d in _typed(demos, list, "demonstrations"):
+        _check(isinstance(d, dict) and isinstance(d.get("fields"), dict)
+               and all(isinstance(v, str) for v in d["fields"].values()) and isinstance(d.get("answer"), str),
+               "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
+        out.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
+    return out
+
+
+def _template(template: Any) -> str:
+    _typed(template, str, "template")
+    try:
+        parse_template(template)
+    except TemplateError as exc:
+        raise PromptFileError(f"field template: {exc}") from None
+    return template
+
+
+def _prompt(template: str, **parts: Any) -> Prompt:
+    try:
+        return Prompt(template=template, **parts)
+    except PromptFileError:
+        raise
+    except AutoPromptError as exc:  # what Prompt itself refuses, should a check above miss it
+        raise PromptFileError(f"not a valid prompt: {exc}") from None
 
 
 def _depth(data: Any) -> int:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from autoprompt.data import verbalizer_overlap
 from autoprompt.errors import TemplateError
 from autoprompt.prompt import Prompt
-from autoprompt.template import RESERVED_FIELDS, parse_template, place_triggers, remove_triggers, template_fields
+from autoprompt.template import RESERVED_FIELDS, parse_template, place_triggers, template_fields
 
 if TYPE_CHECKING:
     from autoprompt.task import Example, Task

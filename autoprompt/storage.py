@@ -170,18 +170,17 @@ def open_storage(url: str, *, heartbeat: int | None = None):
 def study_name(run: Run) -> str:
     """The study of a run in its storage: --study-name; else, on a shared storage, one name every
     worker of the task agrees on; else the run folder's name (its own study.db)."""
-    config = run.config()
-    tconfig = config.get("template_search") or {}
-    if tconfig.get("study_name"):
-        return tconfig["study_name"]
-    return f"{config.get('task')}-template" if tconfig.get("storage") else run.name
+    settings = run.settings()
+    if settings.get("study_name"):
+        return settings["study_name"]
+    return f"{run.config().get('task')}-template" if settings.get("storage") else run.name
 
 
 def study_storage(run: Run) -> str:
     """The storage URL of a run's study: the shared one it was given, else its own study.db. A shared
     URL's password is never written to the run folder: it comes from this process (the URL it opened),
     else from $AUTOPROMPT_STORAGE."""
-    shared = (run.config().get("template_search") or {}).get("storage")
+    shared = run.settings().get("storage")
     if not shared:
         return f"sqlite:///{(run.path / 'study.db').resolve()}"
     if REDACTED not in shared:

@@ -16,8 +16,8 @@ from autoprompt.models import CPU_BATCH_TOKENS
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import has_fast_bf16, onednn_fp32_is_exact, tune_cpu
 from autoprompt.scoring import log_normalize, score_labels
+from autoprompt.searches.trigger import TriggerSearchConfig, candidate_losses, initial_prompt
 from autoprompt.task import Example, Task
-from autoprompt.trigger_search import TriggerSearchConfig, candidate_losses, initial_prompt
 
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
 TEXTS = ["a fine film", "the plot is thin and the acting is worse than the plot", "it moves", "what a cast",
@@ -168,7 +168,7 @@ def test_bench_refuses_a_free_form_task(tiny_causal_dir, tmp_path) -> None:
 def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> None:
     """rank_dtype=bf16: gradient and candidate scores come from a bf16 copy; the swap kept is
     confirmed on fresh examples in fp32, and dev is scored in fp32."""
-    from autoprompt import trigger_search as ts
+    from autoprompt.searches import trigger as ts
 
     calls = []
     real_losses, real_grad, real_eval = ts.candidate_losses, ts.trigger_gradient, ts.evaluate
@@ -194,8 +194,8 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
     computed once (kept on the model) and continued per example: candidate losses still equal
     the naive reference, and the gradient equals the one computed without the head cache."""
     from autoprompt import scoring
+    from autoprompt.gradient import trigger_gradient
     from autoprompt.scoring import prefix  # noqa: F401  (scoring.prefix below)
-    from autoprompt.trigger_search import trigger_gradient
 
     task = toy_task()
     demos = tuple(task.examples("train")[:2])

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from autoprompt import budget as budget_module
-from autoprompt import optimize as optimize_module
+from autoprompt import optimizer as optimize_module
 from autoprompt.budget import CACHED_FACTOR, Budget
-from autoprompt.optimize import TRAIN_SAMPLE, optimize
+from autoprompt.optimizer import optimize
+from autoprompt.searches.base import TRAIN_SAMPLE
+from autoprompt.searches.template import TemplateSearchConfig
+from autoprompt.searches.trigger import TriggerSearchConfig
 from autoprompt.task import Example, Task
-from autoprompt.template_search import TemplateSearchConfig
-from autoprompt.trigger_search import TriggerSearchConfig
 
 
 class Clock:
@@ -96,8 +97,8 @@ def test_the_trigger_search_stops_on_its_budget_and_keeps_what_it_will_score(cau
     monkeypatch.setattr(Budget, "spent", lambda self: kept.append(self.kept_examples) or next(spent))
     counted = scored_after_search(monkeypatch)
     cfg = TriggerSearchConfig(steps=10, n_triggers=2, top_k=4, grad_batch=4, eval_batch=4, confirm_batch=4,
-                              dev_every=1, time_budget=60.0, rank_dtype="fp32")
-    result = optimize(task, cfg, causal_lm, runs_dir=tmp_path, progress=False)
+                              dev_every=1, rank_dtype="fp32")
+    result = optimize(task, causal_lm, config=cfg, time_budget=60.0, runs_dir=tmp_path, progress=False)
     assert [e["step"] for e in result.history] == [0, 1, 2]
     final = 2 * (20 + 12 + min(TRAIN_SAMPLE, 30))
     assert set(kept) == {final} and sum(counted) == final
@@ -113,8 +114,8 @@ def test_the_template_search_stops_on_its_budget(causal_lm, tmp_path: Path, monk
     monkeypatch.setattr(Budget, "spent", lambda self: kept.append(self.kept_examples) or next(spent))
     counted = scored_after_search(monkeypatch)
     cfg = TemplateSearchConfig(space=str(space), trials=9, pruner="none", trial_dev=10, chunk=5, rescore_top=2)
-    result = optimize(task, TriggerSearchConfig(time_budget=60.0), causal_lm, runs_dir=tmp_path / "runs",
-                      method="template", template_config=cfg, progress=False)
+    result = optimize(task, causal_lm, time_budget=60.0, runs_dir=tmp_path / "runs", method="template", config=cfg,
+                      progress=False)
     assert len([e for e in result.history if e.get("stage") == "template"]) == 3
     rescored = [e for e in result.history if e.get("stage") == "rescore"]
     # re-scoring the best 2 trials on all 20 dev examples (the winner's kept), both prompts on test and train

@@ -253,7 +253,7 @@ def test_optimize_trigger_json_and_resume(tiny_causal_dir: Path, tmp_path: Path)
     assert len(report["triggers"]) == 2 and report["template"].count("[T]") == 2
     assert set(report["metrics"]) == {"dev", "test"} and set(report["baseline"]) == {"dev", "test"}
     config = json.loads((run / "config.json").read_text())
-    assert config["trigger"]["seed"] == 0 and config["trigger"]["steps"] == 2 and config["model"] == str(tiny_causal_dir)
+    assert config["seed"] == 0 and config["trigger"]["steps"] == 2 and config["model"] == str(tiny_causal_dir)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2]
     assert json.loads((run / "result.json").read_text())["state"] == "finished"
@@ -271,7 +271,7 @@ def test_optimize_rejects_bad_flags(tiny_causal_dir: Path, tmp_path: Path, flag:
 
 
 def test_time_budget_parses_durations() -> None:
-    from autoprompt.cli import _Duration
+    from autoprompt.cli.options import Duration as _Duration
 
     assert [_Duration().convert(v, None, None) for v in ("90", "90s", "10m", "1.5h")] == [90, 90, 600, 5400]
 

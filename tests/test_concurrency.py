@@ -16,7 +16,7 @@ import optuna
 import pytest
 from test_study_workers import command, env, study_setup, template_events  # noqa: F401  (study_setup: a fixture)
 
-from autoprompt.template_search import open_storage
+from autoprompt.storage import open_storage
 
 S = optuna.trial.TrialState
 WORKERS = 4

@@ -136,7 +136,7 @@ def test_interrupt_saves_the_best_so_far_and_resume_finishes(case: str, setup: P
     if method != "trigger":
         import optuna
 
-        from autoprompt.template_search import open_storage
+        from autoprompt.storage import open_storage
 
         study = optuna.load_study(study_name=run_dir.name, storage=open_storage(f"sqlite:///{run_dir / 'study.db'}"))
         S = optuna.trial.TrialState

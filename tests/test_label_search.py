@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from autoprompt.label_search import fit_logistic_regression, search_label_words
+from autoprompt.searches.labels import fit_logistic_regression, search_label_words
 from autoprompt.task import Example, Task
 
 

@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from autoprompt import evaluate, load_model
 from autoprompt.errors import ModelError
+from autoprompt.gradient import trigger_gradient
 from autoprompt.models import MaskedLM
 from autoprompt.models import base as model_module
 from autoprompt.prompt import Prompt
 from autoprompt.scoring import encode_examples, label_word_ids, score_labels
+from autoprompt.searches.trigger import TriggerSearchConfig, trigger_search
 from autoprompt.task import Example, Task
-from autoprompt.trigger_search import TriggerSearchConfig, trigger_gradient, trigger_search
 
 FAMILIES = ["bert", "roberta", "distilbert", "electra"]
 TEMPLATE = "{text} [T] [T] it was [P] ."

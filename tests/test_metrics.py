@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 
-from autoprompt import scoring
 from autoprompt.errors import AutoPromptError
 from autoprompt.metrics import (
     METRICS,
@@ -45,15 +44,6 @@ def test_the_identity_resample_is_the_plain_metric(seed: int) -> None:
         assert row[0] == pytest.approx(value, rel=0, abs=1e-12), metric
         assert metric_value(metric, gold, predicted=predicted, ranks=ranks, labels=labels) == pytest.approx(
             value, rel=0, abs=1e-12), metric
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_the_plain_forms_are_scorings(seed: int) -> None:
-    labels, gold, predicted, ranks = _random_answers(seed)
-    assert accuracy(predicted, gold) == scoring.accuracy(predicted, gold)
-    assert macro_f1(predicted, gold, labels) == scoring.macro_f1(predicted, gold, labels)
-    assert precision_at_1(ranks) == scoring.precision_at_1(ranks)
-    assert mrr(ranks) == scoring.mrr(ranks)
 
 
 def test_each_resample_is_the_metric_of_its_examples() -> None:

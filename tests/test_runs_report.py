@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from autoprompt.cli import main
-from autoprompt.metrics import bootstrap, confusion_matrix, interval
+from autoprompt.metrics import bootstrap, confusion_matrix, interval, macro_f1
 from autoprompt.runs import Run, SplitResult, overfit_warning, split_results, summary, write_report
 from autoprompt.runs.predictions import side_value as metric_value  # the metric of one side of a split record
-from autoprompt.metrics import macro_f1
 
 WORDS = {"positive": ["great", "wonderful", "loved", "fine"], "negative": ["terrible", "dull", "awful", "boring"]}
 TEMPLATE = "Review: {text}\nSentiment:[P]"
@@ -166,7 +165,7 @@ def test_seeds_run_one_folder_each_and_summarize(runs: dict, tiny_causal_dir: Pa
     out = json.loads(invoke("optimize", runs["task"], "--seeds", "0,1", "--steps", 1, "--n-triggers", 1, "--top-k", 2,
                             "--model", tiny_causal_dir, "--runs-dir", tmp_path, "--json").stdout)
     folders = [Path(r["run"]) for r in out["runs"]]
-    assert [json.loads((f / "config.json").read_text())["trigger"]["seed"] for f in folders] == [0, 1]
+    assert [json.loads((f / "config.json").read_text())["seed"] for f in folders] == [0, 1]
     summary = json.loads(Path(out["summary_file"]).read_text(encoding="utf-8"))
     for split in ("dev", "test"):
         values = [_result(f)["metrics"][split]["accuracy"] for f in folders]

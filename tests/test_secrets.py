@@ -89,7 +89,7 @@ def test_no_trace_of_a_storage_password(tmp_path: Path, tiny_causal_dir: Path, s
     # --resume: the password is not in the run folder, so the URL is given again (flag or environment)
     monkeypatch.setattr(storage_module, "_REAL_URLS", {})  # a new process knows only what the run folder says
     refused = CliRunner().invoke(main, ["optimize", str(tmp_path / "task.py"), "--resume", str(run)])
-    assert refused.exit_code == 2 and SECRET not in refused.output
+    assert refused.exit_code == 2 and SECRET not in refused.output, refused.output
     assert "never writes a storage password; give the URL again with --storage or in $AUTOPROMPT_STORAGE" in refused.output
     monkeypatch.setenv("AUTOPROMPT_STORAGE", secret_url)
     again = CliRunner().invoke(main, ["optimize", str(tmp_path / "task.py"), "--resume", str(run), "--json"])

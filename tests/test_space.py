@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoprompt.prompt import Prompt
+from autoprompt.searches.template import manual_params, with_manual_choices
 from autoprompt.space import (
     SPACES_DIR,
     Choice,
@@ -18,7 +19,6 @@ from autoprompt.space import (
     space_from_dict,
 )
 from autoprompt.task import Example, Task, load_task
-from autoprompt.template_search import manual_params, with_manual_choices
 
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
 

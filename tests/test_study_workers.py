@@ -15,7 +15,7 @@ import optuna
 import pytest
 from words_task import words_task_file
 
-from autoprompt.template_search import open_storage
+from autoprompt.storage import open_storage
 
 TASK_FILE = words_task_file(train=40, dev=300, test=20, test_from_dev=True)
 

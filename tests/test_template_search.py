@@ -10,15 +10,17 @@ import numpy as np
 import optuna
 import pytest
 
-from autoprompt import template_search as tsm
-from autoprompt.optimize import optimize
+from autoprompt.optimizer import optimize
 from autoprompt.prompt import Prompt, remove_triggers
 from autoprompt.prompt_file import read_prompt_file
 from autoprompt.scoring import calibrate, content_free_calibration, evaluate, score_labels
+from autoprompt.searches import template as tsm
+from autoprompt.searches import trials as trials_module
+from autoprompt.searches.hybrid import HybridConfig
+from autoprompt.searches.template import TemplateSearchConfig
+from autoprompt.searches.trigger import TriggerSearchConfig
 from autoprompt.space import Choice, load_space
 from autoprompt.task import Example, Task
-from autoprompt.template_search import TemplateSearchConfig
-from autoprompt.trigger_search import TriggerSearchConfig
 
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
 WORDS = ["good", "bad", "film", "plot", "the", "a", "is", "was", "slow", "fun", "long", "cast"]
@@ -55,8 +57,8 @@ def config(tmp_path: Path, **changes) -> TemplateSearchConfig:
 
 def test_template_search_runs_its_budget_with_the_manual_prompt_first(causal_lm, tmp_path):
     task = word_task()
-    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                      template_config=config(tmp_path), progress=False)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+                      config=config(tmp_path), progress=False)
     storage = optuna.storages.RDBStorage(f"sqlite:///{result.run_dir / 'study.db'}")
     study = optuna.load_study(study_name=result.run_dir.name, storage=storage)
     S = optuna.trial.TrialState
@@ -78,8 +80,8 @@ def test_template_search_runs_its_budget_with_the_manual_prompt_first(causal_lm,
 
 def test_same_seed_same_study(causal_lm, tmp_path):
     task = word_task()
-    runs = [optimize(task, TriggerSearchConfig(seed=5), causal_lm, runs_dir=tmp_path / f"r{i}", method="template",
-                     template_config=config(tmp_path), progress=False) for i in range(2)]
+    runs = [optimize(task, causal_lm, seed=5, runs_dir=tmp_path / f"r{i}", method="template",
+                     config=config(tmp_path), progress=False) for i in range(2)]
     params = [[e["params"] for e in r.history if e.get("stage") == "template"] for r in runs]
     assert params[0] == params[1]
 
@@ -87,8 +89,8 @@ def test_same_seed_same_study(causal_lm, tmp_path):
 def test_pruned_trials_stop_early(causal_lm, tmp_path, monkeypatch):
     """With the median pruner, a trial worse than the median after its first chunk stops there."""
     task = word_task(n_dev=40)
-    result = optimize(task, TriggerSearchConfig(seed=1), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                      template_config=config(tmp_path, pruner="median", trials=16), progress=False)
+    result = optimize(task, causal_lm, seed=1, runs_dir=tmp_path / "runs", method="template",
+                      config=config(tmp_path, pruner="median", trials=16), progress=False)
     events = [e for e in result.history if e.get("stage") == "template"]
     pruned = [e for e in events if e["state"] == "pruned"]
     assert pruned, "no trial was pruned"
@@ -99,7 +101,7 @@ def test_pruned_trials_stop_early(causal_lm, tmp_path, monkeypatch):
 def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
     task = word_task()
     calls = {"n": 0}
-    real = tsm.evaluate
+    real = trials_module.evaluate
 
     def dies_on_the_fifth(*args, **kwargs):
         calls["n"] += 1
@@ -107,11 +109,11 @@ def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tsm, "evaluate", dies_on_the_fifth)
+    monkeypatch.setattr(trials_module, "evaluate", dies_on_the_fifth)
     with pytest.raises(KeyboardInterrupt):
-        optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                 template_config=config(tmp_path), progress=False)
-    monkeypatch.setattr(tsm, "evaluate", real)
+        optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+                 config=config(tmp_path), progress=False)
+    monkeypatch.setattr(trials_module, "evaluate", real)
     run_dir = next((tmp_path / "runs").iterdir())
     assert json.loads((run_dir / "result.json").read_text())["state"] == "interrupted"
     storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
@@ -121,7 +123,7 @@ def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
     assert states.count(S.RUNNING) == 0 and states.count(S.FAIL) == 1 and states.count(S.WAITING) == 1
     assert read_prompt_file(run_dir / "best.prompt.json").search["interrupted"]  # the best trial so far
     finished_before = {t.number: t.value for t in before if t.state == S.COMPLETE}
-    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, resume=run_dir, progress=False)
+    result = optimize(task, causal_lm, resume=run_dir, progress=False)
     after = optuna.load_study(study_name=run_dir.name, storage=storage).trials
     assert len([t for t in after if t.state in (S.COMPLETE, S.PRUNED)]) == 8
     assert {t.number: t.value for t in after if t.number in finished_before} == finished_before
@@ -133,10 +135,9 @@ def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
 
 def test_hybrid_searches_triggers_inside_the_template_winner(causal_lm, tmp_path):
     task = word_task()
-    result = optimize(task, TriggerSearchConfig(seed=0, steps=2, dev_every=1, grad_batch=8, eval_batch=8,
-                                                confirm_batch=0, top_k=8),
-                      causal_lm, runs_dir=tmp_path / "runs", method="hybrid",
-                      template_config=config(tmp_path, trials=4), progress=False)
+    trigger = TriggerSearchConfig(steps=2, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=8)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid",
+                      config=HybridConfig(config(tmp_path, trials=4), trigger), progress=False)
     stages = [e.get("stage") for e in result.history]
     assert stages.count("template") == 4 and "trigger" in stages and "choice" in stages
     choice = next(e for e in result.history if e.get("stage") == "choice")
@@ -206,11 +207,10 @@ def test_the_hybrid_wins_only_when_better_on_dev(causal_lm, tmp_path, labelled_b
                 splits={"train": relabelled("train"), "dev": dev, "test": dev[:10]})
     space = tmp_path / "space.yaml"
     space.write_text("layout: ['{text} [T] =>[P]']\ntriggers: [2]\n", encoding="utf-8")
-    result = optimize(task, TriggerSearchConfig(seed=0, steps=2, dev_every=1, grad_batch=8, eval_batch=8,
-                                                confirm_batch=0, top_k=4),
-                      causal_lm, runs_dir=tmp_path / "runs", method="hybrid", progress=False,
-                      template_config=TemplateSearchConfig(space=str(space), trials=1, pruner="none", trial_dev=0,
-                                                           chunk=40, rescore_top=1))
+    trigger = TriggerSearchConfig(steps=2, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=4)
+    template = TemplateSearchConfig(space=str(space), trials=1, pruner="none", trial_dev=0, chunk=40, rescore_top=1)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid", progress=False,
+                      config=HybridConfig(template, trigger))
     choice = next(e for e in result.history if e.get("stage") == "choice")
     trigger_steps = [e for e in result.history if e.get("stage") == "trigger"]
     saved = read_prompt_file(result.prompt_file)
@@ -295,10 +295,10 @@ def test_similar_prompts_round_trip_and_predict(causal_lm, tmp_path):
 
 
 def test_hybrid_resumes_in_its_trigger_stage(causal_lm, tmp_path, monkeypatch):
-    from autoprompt import trigger_search as trig
+    from autoprompt.searches import trigger as trig
 
     task = word_task()
-    cfg = TriggerSearchConfig(seed=0, steps=4, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=8)
+    cfg = TriggerSearchConfig(steps=4, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=8)
     real_step = trig._step
     calls = {"n": 0}
 
@@ -310,13 +310,13 @@ def test_hybrid_resumes_in_its_trigger_stage(causal_lm, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trig, "_step", dies_in_step_three)
     with pytest.raises(KeyboardInterrupt):
-        optimize(task, cfg, causal_lm, runs_dir=tmp_path / "runs", method="hybrid",
-                 template_config=config(tmp_path, trials=4), progress=False)
+        optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid",
+                 config=HybridConfig(config(tmp_path, trials=4), cfg), progress=False)
     monkeypatch.setattr(trig, "_step", real_step)
     run_dir = next((tmp_path / "runs").iterdir())
     winner = json.loads((run_dir / "template_winner.json").read_text())
     assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 2
-    result = optimize(task, cfg, causal_lm, resume=run_dir, progress=False)
+    result = optimize(task, causal_lm, resume=run_dir, progress=False)
     stages = [e.get("stage") for e in result.history]
     assert stages.count("template") == 4  # the template stage was not run again
     assert [e["step"] for e in result.history if e.get("stage") == "trigger"] == [0, 1, 2, 3, 4]

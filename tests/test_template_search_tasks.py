@@ -10,14 +10,13 @@ import optuna
 import pytest
 
 from autoprompt.metrics import macro_f1
-from autoprompt.optimize import optimize
+from autoprompt.optimizer import optimize
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import read_prompt_file
 from autoprompt.scoring import evaluate
+from autoprompt.searches.template import TemplateSearchConfig
 from autoprompt.space import SpaceError, load_space, space_from_dict
 from autoprompt.task import Example, Task
-from autoprompt.template_search import TemplateSearchConfig
-from autoprompt.trigger_search import TriggerSearchConfig
 
 FACTS = [("Paris", "France"), ("Rome", "Italy"), ("Berlin", "Germany"), ("Madrid", "Spain"), ("Lisbon", "Portugal"),
          ("Vienna", "Austria"), ("Athens", "Greece"), ("Oslo", "Norway"), ("Dublin", "Ireland"), ("Warsaw", "Poland")]
@@ -43,8 +42,8 @@ def test_template_search_on_free_form_answers(causal_lm, tmp_path: Path) -> None
                      "layout: ['{subject} is in[P]', 'Where is {subject}? It is in[P]']\n"
                      "demonstrations: {k: [0, 2], selection: [random, similar]}\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=3, rescore_top=2)
-    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                      template_config=cfg, progress=False)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+                      config=cfg, progress=False)
     study = optuna.load_study(study_name=result.run_dir.name, storage=f"sqlite:///{result.run_dir / 'study.db'}")
     S = optuna.trial.TrialState
     assert len(study.get_trials(states=(S.COMPLETE, S.PRUNED))) == 6
@@ -72,8 +71,8 @@ def test_the_pruner_sees_the_metric_being_optimized(causal_lm, tmp_path: Path) -
     space = tmp_path / "space.yaml"
     space.write_text("instruction: ['', 'Is it positive or negative?']\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=2, pruner="median", trial_dev=0, chunk=10, rescore_top=1)
-    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                      template_config=cfg, progress=False)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+                      config=cfg, progress=False)
     study = optuna.load_study(study_name=result.run_dir.name, storage=f"sqlite:///{result.run_dir / 'study.db'}")
     manual = study.trials[0]
     order = list(range(len(examples)))
@@ -98,8 +97,8 @@ def test_a_prompt_too_long_for_the_model_is_a_dead_end_not_a_crash(causal_lm, tm
     space.write_text("demonstrations: {k: [0, 8], selection: [random]}\n"
                      "instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=3, rescore_top=2)
-    result = optimize(task, TriggerSearchConfig(seed=0), causal_lm, runs_dir=tmp_path / "runs", method="template",
-                      template_config=cfg, progress=False)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+                      config=cfg, progress=False)
     events = [e for e in result.history if e.get("stage") == "template"]
     too_long = [e for e in events if e["state"] == "too long"]
     assert too_long and all(e["params"]["k"] == 8 and "the model reads at most 512" in e["error"] for e in too_long)

@@ -10,17 +10,13 @@ import pytest
 import torch
 
 import autoprompt
-from autoprompt import trigger_search as ts
-from autoprompt.optimize import optimize
+from autoprompt.gradient import trigger_gradient
+from autoprompt.optimizer import optimize
 from autoprompt.prompt import Prompt
+from autoprompt.searches import trigger as ts
+from autoprompt.searches.trigger import TriggerSearchConfig, allowed_tokens, candidate_losses
 from autoprompt.task import Example, Task
-from autoprompt.trigger_search import (
-    TriggerSearchConfig,
-    allowed_tokens,
-    candidate_losses,
-    trigger_gradient,
-    with_trigger_slots,
-)
+from autoprompt.template import with_trigger_slots
 
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}
 TEXTS = ["a fine film", "the plot is thin", "it moves", "what a cast", "slow and long", "i laughed",
@@ -43,8 +39,7 @@ def brute_force_best(model, task: Task, loss: str) -> int:
 
 
 def planted_config(**changes) -> TriggerSearchConfig:
-    settings = dict(steps=4, top_k=24, grad_batch=8, eval_batch=8, dev_every=1, dev_limit=None, seed=0,
-                    loss="vocab")
+    settings = dict(steps=4, top_k=24, grad_batch=8, eval_batch=8, dev_every=1, dev_limit=None, loss="vocab")
     return TriggerSearchConfig(**(settings | changes))
 
 
@@ -182,12 +177,12 @@ def test_gcg_mode_and_seed(causal_lm):
 def test_resume_equals_uninterrupted(causal_lm, tmp_path: Path):
     model = causal_lm
     task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)
-    full = optimize(task, planted_config(steps=4, dev_every=2), model, runs_dir=tmp_path / "a", progress=False)
-    half = optimize(task, planted_config(steps=2, dev_every=2), model, runs_dir=tmp_path / "b", progress=False)
+    full = optimize(task, model, config=planted_config(steps=4, dev_every=2), runs_dir=tmp_path / "a", progress=False)
+    half = optimize(task, model, config=planted_config(steps=2, dev_every=2), runs_dir=tmp_path / "b", progress=False)
     config = json.loads((half.run_dir / "config.json").read_text())
-    config["trigger"]["steps"] = 4  # as if it had been stopped after step 2
+    config["settings"]["steps"] = 4  # as if it had been stopped after step 2
     (half.run_dir / "config.json").write_text(json.dumps(config))
-    resumed = optimize(task, planted_config(), model, resume=half.run_dir, progress=False)
+    resumed = optimize(task, model, config=planted_config(), resume=half.run_dir, progress=False)
     assert resumed.prompt.trigger_ids == full.prompt.trigger_ids
     steps = [e["step"] for e in resumed.history]
     assert steps == [0, 1, 2, 3, 4]
@@ -205,7 +200,7 @@ def test_with_trigger_slots():
 def test_masked_lm_path(masked_lm, tmp_path: Path):
     """The same search on a masked LM: [P] is the mask, candidates are full sequences."""
     task = make_task("{text} [T] [T] it was [P] .", ["positive", "negative"] * 4)
-    result = optimize(task, planted_config(steps=2, top_k=6, loss="labels"), masked_lm, runs_dir=tmp_path,
+    result = optimize(task, masked_lm, config=planted_config(steps=2, top_k=6, loss="labels"), runs_dir=tmp_path,
                       progress=False)
     assert len(result.prompt.trigger_ids) == 2
     assert masked_lm.tokenizer.mask_token_id not in result.prompt.trigger_ids
@@ -231,7 +226,7 @@ def test_free_form_targets(causal_lm, tmp_path: Path):
     examples = [Example({"subject": s}, o, f"facts:{i}") for i, (s, o) in enumerate(facts)]
     task = Task(name="facts", template="{subject} is in[P]", metric="precision@1",
                 splits={"train": examples, "dev": examples, "test": examples})
-    result = optimize(task, planted_config(steps=2, n_triggers=2, top_k=5), causal_lm, runs_dir=tmp_path,
+    result = optimize(task, causal_lm, config=planted_config(steps=2, n_triggers=2, top_k=5), runs_dir=tmp_path,
                       progress=False)
     assert result.prompt.template == "{subject} [T] [T] is in[P]"
     test = task.examples("test")
@@ -299,7 +294,7 @@ def test_interrupt_keeps_the_best_prompt_so_far(causal_lm, tmp_path: Path, monke
 
     monkeypatch.setattr(ts, "_step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        optimize(task, planted_config(steps=5, dev_every=1), causal_lm, runs_dir=tmp_path, progress=False)
+        optimize(task, causal_lm, config=planted_config(steps=5, dev_every=1), runs_dir=tmp_path, progress=False)
     run = next(tmp_path.iterdir())
     assert json.loads((run / "result.json").read_text())["state"] == "interrupted"
     saved = autoprompt.read_prompt_file(run / "best.prompt.json")

@@ -69,6 +69,17 @@ class Run:
     def best_prompt_path(self) -> Path:
         return self.path / "best.prompt.json"
 
+    def settings(self) -> dict[str, Any]:
+        """The search's settings, flat: config.json's sections (one per config of the method; runs made
+        before "sections" was written: "trigger" and "template_search")."""
+        config = self.config()
+        names = config.get("sections") or ("trigger", "template_search")
+        return {key: value for name in names for key, value in (config.get(name) or {}).items()}
+
+    def seed(self) -> int | None:
+        config = self.config()
+        return config["seed"] if "seed" in config else (config.get("trigger") or {}).get("seed")
+
     def config(self) -> dict[str, Any]:
         return self.read_json("config.json")
 
@@ -114,6 +125,7 @@ class Run:
 def invoked_command() -> str | None:
     """The autoprompt command line this process runs, if it is the CLI (None for the Python API)."""
     first = sys.argv[0] if sys.argv else ""
-    if Path(first).name == "autoprompt" or first.endswith(("autoprompt/cli.py", "autoprompt/__main__.py")):
+    if Path(first).name == "autoprompt" or first.endswith(("autoprompt/cli.py", "autoprompt/cli/__main__.py",
+                                                         "autoprompt/__main__.py")):
         return shlex.join(["autoprompt", *map(redact_url, sys.argv[1:])])  # a --storage URL without its password
     return None

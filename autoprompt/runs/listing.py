@@ -62,7 +62,7 @@ def summary(run: Run) -> dict[str, Any]:
             "steps": work.get("steps"), "trials": work.get("trials"),
             "work": " + ".join(f"{n} {unit}" for unit, n in work.items()) or "—",
             "seconds": result.get("seconds", result.get("search_seconds")),
-            "seed": (config.get("trigger") or {}).get("seed"), "state": result.get("state", "unknown"),
+            "seed": run.seed(), "state": result.get("state", "unknown"),
             "winner": result.get("winner"), "command": config.get("command")}
 
 

@@ -62,6 +62,7 @@ class Found:
     dev: Evaluation | None = None
     info: dict[str, Any] = field(default_factory=dict)
     work: dict[str, int] = field(default_factory=dict)
+    dev_metrics: dict[str, float] | None = None  # known without its evaluation (a checkpoint's)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class Method:
     final_examples: Callable[[Task, Any], int]  # what the run scores after the search (for the budget)
     help: str = ""
     has_study: bool = False  # keeps an Optuna study (autoprompt dashboard)
+    # bad settings fail before anything is made: before the model loads (settings alone), and with the
+    # model before a run folder exists
+    check_settings: Callable[[Task, Any], None] = lambda task, config: None
+    check: Callable[[Task, LanguageModel, Any], None] = lambda task, model, config: None
+    check_resume: Callable[[Context, Any], None] = lambda ctx, config: None  # a run folder it cannot resume
+    label_search: bool = False  # takes --search-labels (label words searched first)
 
 
 def fields_of(config: type) -> dict[str, dataclasses.Field]:
@@ -113,12 +120,21 @@ def _build(config: type, values: dict[str, Any]) -> Any:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """A config as flat settings (what config.json keeps; config_from reads it back)."""
+    """A config as flat settings (config_from reads them back)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         out |= config_dict(value) if dataclasses.is_dataclass(value) else {f.name: value}
     return out
+
+
+def config_sections(config: Any) -> dict[str, dict[str, Any]]:
+    """A config as config.json keeps it: one section per config dataclass, named by its ``section``
+    (the hybrid's two, side by side); Run.settings() reads them back flat."""
+    nested = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if _nested(f)}
+    if not nested:
+        return {config.section: dataclasses.asdict(config)}
+    return {name: values for value in nested.values() for name, values in config_sections(value).items()}
 
 
 def final_split_examples(task: Task) -> int:

@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm.auto import tqdm
 
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class TemplateSearchConfig:
     """Settings of the template search (its seed and time budget are the run's: RunSettings)."""
+
+    section: ClassVar[str] = "template_search"  # its key in config.json
 
     space: str = opt("default", "Search space: a YAML file, or a name in search/ (default, sentiment, facts).")
     trials: int = opt(40, "Trials of the study (all workers together), the manual prompt's included.")
@@ -275,5 +277,15 @@ def final_examples(task: Task, cfg: TemplateSearchConfig) -> int:
     return rescored * dev + 2 * final_split_examples(task) - dev
 
 
+def check_settings(task: Task, cfg: TemplateSearchConfig) -> None:
+    """A bad space or storage fails before the model loads."""
+    task_space(cfg, task)
+    if cfg.storage:
+        open_storage(cfg.storage)
+
+
 METHOD = Method("template", TemplateSearchConfig, search, best_so_far, final_examples,
-                help="Optuna search over a --space of instructions, layouts, verbalizers, demonstrations", has_study=True)
+                help="Optuna search over a --space of instructions, layouts, verbalizers, demonstrations",
+                has_study=True, check_settings=check_settings,
+                check=lambda task, model, cfg: check_settings(task, cfg),
+                check_resume=lambda ctx, cfg: study_storage(ctx.run))  # (the storage URL, password given again)

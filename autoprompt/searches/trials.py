@@ -13,8 +13,6 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.metrics import metric_value
 from autoprompt.scoring import Caches, Evaluation, evaluate, render_template

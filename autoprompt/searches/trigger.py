@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 class TriggerSearchConfig:
     """Settings of the trigger search; the defaults are the recommended ones (the seed and time budget
     are the run's: RunSettings)."""
+
+    section: ClassVar[str] = "trigger"  # its key in config.json
 
     template: str | None = opt(None, "Template with [T] slots to search in (default: the task's; without [T] slots, "
                                 "n_triggers are added after its last field).")
@@ -276,12 +278,19 @@ def best_so_far(ctx: Context, cfg: TriggerSearchConfig) -> Found | None:
     if state is None:
         return None
     prompt = with_ids(ctx.model, initial_prompt(ctx.model, ctx.task, cfg), state.best_trigger_ids)
-    return Found(prompt, info={"steps": state.step, "dev": state.best_dev_metrics}, work={"steps": state.step})
+    return Found(prompt, info={"steps": state.step}, work={"steps": state.step},
+                 dev_metrics=state.best_dev_metrics or None)
 
 
 def final_examples(task: Task, cfg: TriggerSearchConfig) -> int:
     return 2 * final_split_examples(task)  # the found prompt and the baseline
 
 
+def check(task: Task, model: LanguageModel, cfg: TriggerSearchConfig) -> None:
+    """A template without trigger slots, or one the data does not fit, fails before a run folder exists."""
+    initial_prompt(model, task, cfg)
+
+
 METHOD = Method("trigger", TriggerSearchConfig, search, best_so_far, final_examples,
-                help="gradient-guided trigger tokens in the task's template (AutoPrompt)")
+                help="gradient-guided trigger tokens in the task's template (AutoPrompt)", check=check,
+                check_resume=lambda ctx, cfg: read_checkpoint(ctx.run), label_search=True)

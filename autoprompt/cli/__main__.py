@@ -1,0 +1,5 @@
+"""python -m autoprompt.cli"""
+
+from autoprompt.cli import main
+
+main()
