@@ -180,7 +180,7 @@ def test_resume_equals_uninterrupted(causal_lm, tmp_path: Path):
     full = optimize(task, model, config=planted_config(steps=4, dev_every=2), runs_dir=tmp_path / "a", progress=False)
     half = optimize(task, model, config=planted_config(steps=2, dev_every=2), runs_dir=tmp_path / "b", progress=False)
     config = json.loads((half.run_dir / "config.json").read_text())
-    config["settings"]["steps"] = 4  # as if it had been stopped after step 2
+    config["trigger"]["steps"] = 4  # as if it had been stopped after step 2
     (half.run_dir / "config.json").write_text(json.dumps(config))
     resumed = optimize(task, model, config=planted_config(), resume=half.run_dir, progress=False)
     assert resumed.prompt.trigger_ids == full.prompt.trigger_ids
