@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	# a short real trigger search on SST-2 with the embedded model, scored on test at the end
-	$(BIN)/autoprompt optimize sst2 --method trigger --steps 6 --dev-every 3 --dev-limit 100 --runs-dir runs/demo
+	# a short template search on SST-2 with the embedded model (8 points of a small space, a few minutes):
+	# the found prompt and the task's own, each on test, then the found prompt predicts two sentences
+	$(BIN)/autoprompt optimize sst2 --method template --space demo --trials 8 --runs-dir runs/demo
 	printf 'a gripping , beautifully acted film\nthe plot is a tedious mess\n' | \
 		$(BIN)/autoprompt predict --prompt "$$(ls -td runs/demo/*/ | head -1)best.prompt.json" -
 	@echo "prompt file: $$(ls -td runs/demo/*/ | head -1)best.prompt.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autoprompt.data_task import split_examples
 from autoprompt.errors import AutoPromptError, ModelError, PromptFileError, TaskError, TemplateError
 from autoprompt.models import LanguageModel, load_model
 from autoprompt.optimizer import SearchResult, optimize
@@ -16,5 +17,5 @@ __all__ = [
     "AutoPromptError", "Evaluation", "Example", "LanguageModel", "ModelError", "ModelRef", "Predictor",
     "Prompt", "PromptFile", "PromptFileError", "Task", "TaskError", "TemplateError", "__version__",
     "SearchResult", "evaluate", "load_model", "load_prompt", "load_task", "optimize", "read_examples",
-    "read_prompt_file", "save_prompt_file",
+    "read_prompt_file", "save_prompt_file", "split_examples",
 ]

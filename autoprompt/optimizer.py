@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from autoprompt.files import write_atomic
 from autoprompt.models import DEFAULT_MODEL, LanguageModel, load_model
 from autoprompt.predict import Predictor
 from autoprompt.prompt import Prompt
-from autoprompt.prompt_file import PromptFile, save_prompt_file
+from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
 from autoprompt.redaction import redact
 from autoprompt.runs import (
     DEFAULT_RUNS_DIR,
@@ -31,16 +32,20 @@ from autoprompt.runs import (
     invoked_command,
     seed_markdown,
     seed_summary,
+    side,
     split_record,
     write_report,
 )
 from autoprompt.scoring import Caches, Evaluation, evaluate, render_template
-from autoprompt.searches import METHODS, Context, Found, Method, config_dict, config_from
+from autoprompt.searches import METHODS, Context, Found, Method, config_dict, config_from, fields_of
 from autoprompt.searches.base import TRAIN_SAMPLE, config_sections, final_split_examples
+from autoprompt.selection import DEFAULT_CONFIDENCE, judge
 from autoprompt.storage import use_storage_again
 from autoprompt.task import Task, load_task
 
 log = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "template"  # the larger gains across tasks (README: which method when)
 
 
 @dataclass
@@ -50,32 +55,53 @@ class SearchResult:
     prompt: Prompt
     metrics: dict[str, dict[str, float]]  # split -> metric -> value, of the best prompt
     baseline: dict[str, dict[str, float]]  # the same for the task's manual prompt
-    run_dir: Path
-    prompt_file: Path
+    run_dir: Path | None  # None: optimize(runs_dir=None) kept nothing on disk
+    prompt_file: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     train: dict[str, Any] | None = None  # a seeded sample of train: its size and both prompts' metrics
     report: Path | None = None  # report.md in the run folder
+    predictor: Predictor | None = None  # the prompt bound to its model: .predict, .predict_proba, .render, .save
+    kept_baseline: str | None = None  # why the task's own prompt was kept (the found one's gain was not supported)
+
+    def predict(self, inputs):
+        return self.predictor.predict(inputs)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the found prompt as a prompt file (what production loads with ``load_prompt``)."""
+        return self.predictor.save(path)
 
 
-def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAULT_MODEL, *, method: str = "trigger",
+def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAULT_MODEL, *, method: str | None = None,
              config: Any = None, seed: int = 0, time_budget: float | None = None,
-             runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, resume: str | os.PathLike | None = None,
-             search_labels: bool = False, progress: bool = True) -> SearchResult:
+             confidence: float = DEFAULT_CONFIDENCE, runs_dir: str | os.PathLike | None = DEFAULT_RUNS_DIR,
+             resume: str | os.PathLike | None = None, search_labels: bool = False, progress: bool = True,
+             **settings: Any) -> SearchResult:
     """Search a better prompt for ``task`` (a Task, a task file or a built-in name) on ``model`` (a loaded
-    model, or an alias, folder, .gguf file or hub id) with ``method`` (autoprompt.searches.METHODS) and its
-    ``config`` (default: the method's defaults), in a new run folder in ``runs_dir`` (or continue
-    ``resume``, with its saved settings). ``search_labels``: first propose label words and search with the
-    best one per label; the baseline stays the task's own prompt. On Ctrl-C (or SIGTERM through the CLI)
-    the run is marked interrupted and its best prompt so far saved; ``resume`` goes on."""
+    model, or an alias, folder, .gguf file or hub id) with ``method`` (autoprompt.searches.METHODS; default: the
+    one ``config`` is for, else template), set by ``config`` (the method's config dataclass) or by its fields
+    as keywords (``trials=20, space="sentiment"``).
+    The run goes to a new folder in ``runs_dir`` (None: a temporary one, removed after; ``result.save(path)``
+    writes the prompt file), or continues ``resume`` with its saved settings. The found prompt replaces the
+    task's own only when its dev gain is above zero with ``confidence`` (0: any gain). ``search_labels``:
+    first propose label words and search with the best one per label (trigger search). On Ctrl-C (or SIGTERM
+    through the CLI) the run is marked interrupted and its best prompt so far saved; ``resume`` goes on."""
     task = task if isinstance(task, Task) else load_task(task)
     model = model if isinstance(model, LanguageModel) else load_model(model)
+    method = method or next((m.name for m in METHODS.values() if isinstance(config, m.config)), DEFAULT_METHOD)
+    if runs_dir is None and resume is None:
+        with tempfile.TemporaryDirectory(prefix="autoprompt-run-") as scratch:
+            result = optimize(task, model, method=method, config=config, seed=seed, time_budget=time_budget,
+                              confidence=confidence, runs_dir=scratch, search_labels=search_labels,
+                              progress=progress, **settings)
+        return dataclasses.replace(result, run_dir=None, prompt_file=None, report=None, history=[])
     started = time.perf_counter()
     if resume is not None:
-        run, method, config, seed, time_budget, searched_task = _reopen(resume, task, model, config)
+        run, method, config, seed, time_budget, confidence, searched_task = _reopen(resume, task, model, config)
     else:
-        config = config if config is not None else METHODS[_known_method(method)].config()
-        run, searched_task = _new_run(task, model, method, config, seed, time_budget, search_labels, runs_dir)
+        config = _config(method, config, settings)
+        run, searched_task = _new_run(task, model, method, config, seed, time_budget, confidence, search_labels,
+                                      runs_dir)
     spec = METHODS[method]
     ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None)
     ctx.budget.keep_for(spec.final_examples(searched_task, config))
@@ -87,20 +113,61 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
     except KeyboardInterrupt:
         _interrupted(ctx, spec, config)
         raise
-    metrics, baseline, train = _final_evaluations(model, found.prompt, Prompt.from_task(task), searched_task, run,
-                                                  seed=seed, known={"dev": found.dev} if found.dev else None,
-                                                  progress=progress)
-    search = redact({"method": method, "run": run.name, "seed": seed, **found.info, "config": config_dict(config)})
-    prompt_file = save_prompt_file(PromptFile(found.prompt, task_name=task.name, metric=task.metric, metrics=metrics,
+    baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
+                                   model=model.ref)  # (the template a resumed run was given)
+    return _finish(ctx, method, config, found, baseline, confidence, started)
+
+
+def _config(method: str, config: Any, settings: dict[str, Any]) -> Any:
+    """The method's config: as given, or made from keyword settings (an unknown one is an error)."""
+    spec = METHODS[_known_method(method)]
+    if config is not None and settings:
+        raise AutoPromptError("give the method's settings as config= or as keywords, not both")
+    unknown = sorted(set(settings) - set(fields_of(spec.config)))
+    if unknown:
+        raise AutoPromptError(f"method {method} has no setting {', '.join(unknown)}; its settings: "
+                              f"{', '.join(fields_of(spec.config))}")
+    return config if config is not None else config_from(spec.config, settings)
+
+
+def _finish(ctx: Context, method: str, config: Any, found: Found, baseline_prompt: Prompt, confidence: float,
+            started: float) -> SearchResult:
+    """Keep the found prompt or the baseline, score both at the end, write the prompt file and the result."""
+    task, model, run = ctx.task, ctx.model, ctx.run
+    known, kept = _judge(ctx, found, baseline_prompt, confidence)
+    prompt = baseline_prompt if kept else found.prompt
+    metrics, baseline, train = _final_evaluations(model, prompt, baseline_prompt, task, run, seed=ctx.seed,
+                                                  known=known, progress=ctx.progress)
+    info = {**found.info, **({"verdict": ctx.verdict} if ctx.verdict else {}), **({"kept_baseline": kept} if kept else {})}
+    search = redact({"method": method, "run": run.name, "seed": ctx.seed, **info, "config": config_dict(config)})
+    prompt_file = save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
                                               search=search), run.best_prompt_path)
     seconds = time.perf_counter() - started
-    p = found.prompt
     run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
-                                   "train_sample": train, "work": found.work, **found.info,
-                                   "template": p.template, "instruction": p.instruction,
-                                   "triggers": list(p.trigger_tokens), "seconds": round(seconds, 1)})
-    return SearchResult(found.prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
-                        write_report(run))
+                                   "train_sample": train, "work": found.work, **info,
+                                   "template": prompt.template, "instruction": prompt.instruction,
+                                   "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
+    return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
+                        write_report(run), Predictor(prompt, model, info=read_prompt_file(prompt_file)), kept)
+
+
+def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: float):
+    """Both prompts on dev (the found one's dev scores when the search kept them), and why the baseline is
+    kept, if it is: the found prompt's gain on dev is not above zero with the asked confidence."""
+    dev, metric = ctx.task.examples("dev"), ctx.task.metric
+    found_dev = found.dev or evaluate(ctx.model, found.prompt, dev, metric=metric)
+    base_dev = evaluate(ctx.model, baseline_prompt, dev, metric=metric)
+    known = {"dev": (found_dev, base_dev)}
+    if render_template(ctx.model, found.prompt) == render_template(ctx.model, baseline_prompt) and \
+            found.prompt.verbalizer == baseline_prompt.verbalizer and not found.prompt.calibration:
+        return known, None  # the search found the task's own prompt
+    verdict = judge(metric, [e.answer for e in dev], side(found_dev), side(base_dev), labels=ctx.task.labels or None,
+                    confidence=confidence, seed=ctx.seed)
+    ctx.verdict = {"confidence": confidence, **verdict.as_dict()}  # (into result.json and the prompt file)
+    if verdict.keep_found:
+        return known, None
+    log.warning("%s", verdict.reason(metric, confidence))
+    return {"dev": (base_dev, base_dev)}, verdict.reason(metric, confidence)
 
 
 def _known_method(method: str) -> str:
@@ -110,7 +177,7 @@ def _known_method(method: str) -> str:
 
 
 def _new_run(task: Task, model: LanguageModel, method: str, config: Any, seed: int, time_budget: float | None,
-             search_labels: bool, runs_dir) -> tuple[Run, Task]:
+             confidence: float, search_labels: bool, runs_dir) -> tuple[Run, Task]:
     """A new run folder, once the settings are known to work (a bad template or space fails before it)."""
     spec = METHODS[_known_method(method)]
     if search_labels and not spec.label_search:
@@ -129,7 +196,8 @@ def _new_run(task: Task, model: LanguageModel, method: str, config: Any, seed: i
     run = Run.create(task.name, method, redact({  # no storage password
         "method": method, "task": task.name, "task_source": task.source, "model": model.name,
         "model_source": model.source, "command": invoked_command(), "device": str(model.device),
-        "dtype": str(model.dtype).replace("torch.", ""), "seed": seed, "time_budget": time_budget,
+        "dtype": str(model.dtype).replace("torch.", ""), "template": task.template, "seed": seed,
+        "time_budget": time_budget, "confidence": confidence,
         "sections": list(sections), **sections, "verbalizer": task.verbalizer, "search_labels": search_labels}),
         runs_dir=runs_dir)
     if label_words is not None:
@@ -152,7 +220,10 @@ def _reopen(resume, task: Task, model: LanguageModel, given: Any):
         use_storage_again(storage, run.settings().get("storage"), resume)
     if saved.get("verbalizer") is not None:
         task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
-    return run, method, config, run.seed() or 0, saved.get("time_budget"), task
+    if saved.get("template") not in (None, task.template):  # the run's --template
+        task = dataclasses.replace(task, template=saved["template"])
+    return (run, method, config, run.seed() or 0, saved.get("time_budget"),
+            saved.get("confidence", DEFAULT_CONFIDENCE), task)
 
 
 def _search(ctx: Context, spec: Method, config: Any) -> Found:
@@ -202,12 +273,14 @@ def optimize_seeds(task: Task, model: LanguageModel, seeds: list[int], *,
 
 
 def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Prompt, task: Task, run: Run, *,
-                       seed: int, known: dict[str, Evaluation] | None = None, progress: bool = False):
+                       seed: int, known: dict[str, tuple[Evaluation, Evaluation]] | None = None,
+                       progress: bool = False):
     """The found prompt and the baseline scored on dev, test and a seeded sample of train, once
-    each; their predictions go to predictions.json for the report. Returns the dev/test metrics
-    of both and the train sample's. Test is only ever reported, never used to choose."""
+    each (``known``: a split's (found, baseline) evaluations already made); their predictions go to
+    predictions.json for the report. Returns the dev/test metrics of both and the train sample's.
+    Test is only ever reported, never used to choose."""
     known, caches = known or {}, Caches()
-    bar = tqdm(total=2 * final_split_examples(task) - sum(len(e.predictions) for e in known.values()),
+    bar = tqdm(total=2 * final_split_examples(task) - sum(2 * len(e[0].predictions) for e in known.values()),
                desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
               "prompt_text": render_template(model, prompt), "baseline_text": render_template(model, baseline_prompt),
@@ -218,10 +291,10 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
         if not examples:
             continue
         bar.set_postfix(split=split)
-        found = known.get(split) or evaluate(model, prompt, examples, metric=task.metric, caches=caches)
-        bar.update(0 if split in known else len(examples))
-        base = evaluate(model, baseline_prompt, examples, metric=task.metric, caches=caches)
-        bar.update(len(examples))
+        found, base = known.get(split) or (
+            evaluate(model, prompt, examples, metric=task.metric, caches=caches),
+            evaluate(model, baseline_prompt, examples, metric=task.metric, caches=caches))
+        bar.update(0 if split in known else 2 * len(examples))
         record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
         if split == "train":
             train = {"examples": len(examples), "of": len(task.splits[split]), "metrics": found.metrics,

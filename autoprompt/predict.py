@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from autoprompt.data import Example
 from autoprompt.errors import PromptFileError, TemplateError
 from autoprompt.models import LanguageModel, load_model
 from autoprompt.prompt import Prompt
-from autoprompt.prompt_file import PromptFile, read_prompt_file
+from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
 from autoprompt.scoring import Caches, nearest_demonstrations, render_template, score_labels, score_targets
 from autoprompt.template import fill_template
 
@@ -68,6 +69,11 @@ class Predictor:
         template = render_template(self.model, prompt)
         answer = None if self.model.is_causal else self.model.tokenizer.mask_token
         return fill_template(template, fields, answer=answer, triggers=list(self.prompt.trigger_tokens))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the prompt as a prompt file (atomically), with what is known of it (task, metrics, search)."""
+        info = self.info or PromptFile(self.prompt)
+        return save_prompt_file(replace(info, prompt=replace(self.prompt, model=self.model.ref)), path)
 
     def _examples(self, inputs: Input | list[Input]) -> list[Example]:
         items = inputs if isinstance(inputs, list) else [inputs]

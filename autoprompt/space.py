@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from autoprompt.template import RESERVED_FIELDS, parse_template, place_triggers,
 if TYPE_CHECKING:
     from autoprompt.task import Example, Task
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search"
+SPACES_DIR = Path(str(files("autoprompt.builtin_spaces")))  # search/ of the repository, installed with the package
 DIMENSIONS = ("instruction", "layout", "verbalizer", "demonstrations", "chat", "calibration", "triggers")
 DEMO_KEYS = ("k", "selection", "order")
 SELECTIONS = ("random", "balanced", "similar")
@@ -55,6 +56,7 @@ class SearchSpace:
     calibration: list[str] = field(default_factory=lambda: ["none"])
     triggers: list[int] = field(default_factory=lambda: [0])
     source: str = "<python>"
+    builtin: bool = False  # one of search/ (autoprompt's own)
 
     def for_task(self, task: Task) -> SearchSpace:
         """The space with the task's own template and verbalizer filled in, checked against it."""
@@ -62,6 +64,8 @@ class SearchSpace:
         space.layout = list(self.layout) if self.layout else [task.template]
         if task.verbalizer is not None:
             space.verbalizer = list(self.verbalizer) if self.verbalizer else [dict(task.verbalizer)]
+        elif self.builtin:  # a built-in space serves free-form tasks too: calibration is for labels
+            space.calibration = [c for c in self.calibration if c != "contextual"] or ["none"]
         space.check(task)
         if task.verbalizer is None:
             space.verbalizer = [None]  # free-form answers: one (empty) verbalizer choice
@@ -153,7 +157,9 @@ def load_space(spec: str | os.PathLike) -> SearchSpace:
         raise SpaceError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where})") from None
     except UnicodeDecodeError:
         raise SpaceError(f"{path}: not UTF-8 text") from None
-    return space_from_dict(data if data is not None else {}, source=str(path))
+    space = space_from_dict(data if data is not None else {}, source=str(path))
+    space.builtin = path.resolve().parent == SPACES_DIR.resolve()
+    return space
 
 
 def space_from_dict(data: Any, *, source: str = "<dict>") -> SearchSpace:

@@ -11,6 +11,7 @@ import os
 import runpy
 import traceback
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from autoprompt.data import Example, read_examples, verbalizer_overlap
@@ -23,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 METRICS = ("accuracy", "macro_f1", "precision@1")
-BUILTIN_TASKS = ("lama_p103", "lama_p19", "sst2")
-BUILTIN_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+# the built-in tasks: tasks/ of the repository, installed as autoprompt.builtin_tasks
+BUILTIN_TASKS_DIR = Path(str(files("autoprompt.builtin_tasks")))
+BUILTIN_TASKS = tuple(sorted(p.stem for p in BUILTIN_TASKS_DIR.glob("*.py")
+                             if not p.name.startswith("_") and p.stem != "make_data"))
 
 
 @dataclass
@@ -182,11 +185,6 @@ def load_task(spec: str | os.PathLike) -> Task:
         raise TaskError(f"{spec}: no such file")
     name = str(spec)
     if name in BUILTIN_TASKS:
-        if not BUILTIN_TASKS_DIR.is_dir():
-            raise TaskError(
-                f"built-in task '{name}' needs the source checkout ({BUILTIN_TASKS_DIR} is missing); "
-                "pass the path of a task file instead"
-            )
         return _load_task_file(BUILTIN_TASKS_DIR / f"{name}.py")
     raise TaskError(
         f"unknown task '{name}': not a file, and built-in tasks are: {', '.join(BUILTIN_TASKS)}"

@@ -18,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SEED = 0
 SST2_TRAIN_SIZE = 3000
+REVIEWS_SIZE = 600
 SST2_DEV_SIZE = 500
 SST2_MIN_WORDS = 10
 LAMA_DEV_FRACTION = 0.2
@@ -90,6 +91,20 @@ def build_sst2(source: Path, out: Path) -> None:
     write_jsonl(out / "sst2/test.jsonl", [{k: r[k] for k in keep} for r in glue_dev])
 
 
+def build_reviews(out: Path) -> None:
+    """reviews.csv: the first 600 rows of sst2/train.jsonl as a plain CSV (text,label): the example of
+    "your own data" (autoprompt tasks --copy reviews.csv). Its rows are train rows: none is in test."""
+    import csv
+    import io
+
+    rows = read_jsonl(out / "sst2/train.jsonl")[:REVIEWS_SIZE]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "label"])
+    writer.writerows([row["text"], row["label"]] for row in rows)
+    (out / "reviews.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
+
+
 def build_lama(source: Path, out: Path, relation: str) -> None:
     """Test: the LAMA test facts; train/dev: the LPAQA train facts split 80/20 by subject."""
     facts = read_jsonl(source / f"lama/{relation}.train.jsonl")
@@ -155,6 +170,12 @@ bytes. Every file is JSONL, UTF-8, one object per line. Do not edit these files 
 - License: the Stanford Sentiment Treebank has no explicit license; GLUE redistributes it for
   research use. Cite Socher et al. (2013) and Wang et al. (2018).
 
+## Your-own-data example (`reviews.csv`): `text,label`
+
+- The first {reviews} rows of `sst2/train.jsonl` as a plain CSV, the example README's "optimize your
+  own file" starts from (`autoprompt tasks --copy reviews.csv`). Its rows are SST-2 train rows: none of
+  them is in `sst2/test.jsonl`. Same source and license as SST-2 above.
+
 ## LAMA T-REx (`lama/`): `{{"subject", "object", "relation"}}`
 
 - `P19` (place of birth) and `P103` (native language).
@@ -188,11 +209,13 @@ def main() -> None:
     args = parser.parse_args()
     check_sources(args.source)
     build_sst2(args.source, args.out)
+    build_reviews(args.out)
     for relation in LAMA_RELATIONS:
         build_lama(args.source, args.out, relation)
     readme = README.format(
         table=file_table(args.out),
         train=SST2_TRAIN_SIZE,
+        reviews=REVIEWS_SIZE,
         dev=SST2_DEV_SIZE,
         seed=SEED,
         min_words=SST2_MIN_WORDS,

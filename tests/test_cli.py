@@ -245,7 +245,7 @@ def write_full_task(folder: Path, template: str) -> Path:
 
 def test_optimize_trigger_json_and_resume(tiny_causal_dir: Path, tmp_path: Path) -> None:
     task = write_full_task(tmp_path / "task", CAUSAL_TEMPLATE)
-    flags = ["--model", tiny_causal_dir, "--steps", 2, "--n-triggers", 2, "--top-k", 4, "--dev-every", 1,
+    flags = ["--method", "trigger", "--confidence", 0, "--model", tiny_causal_dir, "--steps", 2, "--n-triggers", 2, "--top-k", 4, "--dev-every", 1,
              "--runs-dir", tmp_path / "runs", "--json"]
     report = one_json(ok(invoke("optimize", task, *flags)))
     run = Path(report["run"])
@@ -265,7 +265,8 @@ def test_optimize_trigger_json_and_resume(tiny_causal_dir: Path, tmp_path: Path)
                                          ("--mode", "beam")])
 def test_optimize_rejects_bad_flags(tiny_causal_dir: Path, tmp_path: Path, flag: str, value: str) -> None:
     task = write_full_task(tmp_path / "task", CAUSAL_TEMPLATE)
-    result = invoke("optimize", task, "--model", tiny_causal_dir, "--runs-dir", tmp_path / "runs", flag, value)
+    result = invoke("optimize", task, "--method", "trigger", "--model", tiny_causal_dir, "--runs-dir", tmp_path / "runs",
+                    flag, value)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
 

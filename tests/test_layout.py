@@ -82,6 +82,17 @@ def test_the_checker_sees_cycles_through_functions_and_type_checking() -> None:
     assert "autoprompt.searches.labels" in graph["autoprompt.cli.commands"]  # so is one inside a function
 
 
+def test_every_import_of_the_package_exists() -> None:
+    """An import of a module that is gone (a lazy one, inside a function, fails only when it runs)."""
+    missing = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autoprompt") and not node.level:
+                if node.module not in MODULES:
+                    missing.append(f"{name}: from {node.module} import ...")
+    assert not missing, missing
+
+
 def test_no_import_cycle() -> None:
     graph = {name: imports(name, path) for name, path in MODULES.items()}
     assert cycles(graph) == []

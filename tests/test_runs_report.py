@@ -41,9 +41,9 @@ def runs(tmp_path_factory, tiny_causal_dir: Path) -> dict[str, Path]:
                     "'positive': ['great']},\n  splits={s: read_examples(Path(__file__).parent / f'{s}.jsonl') "
                     "for s in ('train', 'dev', 'test')})\n", encoding="utf-8")
     common = ["--model", tiny_causal_dir, "--runs-dir", folder / "runs", "--json"]
-    trigger = json.loads(invoke("optimize", task, "--steps", 2, "--n-triggers", 2, "--top-k", 4, "--dev-every", 1,
+    trigger = json.loads(invoke("optimize", task, "--method", "trigger", "--confidence", 0, "--steps", 2, "--n-triggers", 2, "--top-k", 4, "--dev-every", 1,
                                 *common).stdout)
-    template = json.loads(invoke("optimize", task, "--method", "template", "--trials", 5, "--trial-dev", 0,
+    template = json.loads(invoke("optimize", task, "--method", "template", "--confidence", 0, "--trials", 5, "--trial-dev", 0,
                                  "--chunk", 4, *common).stdout)
     return {"task": task, "runs": folder / "runs", "trigger": Path(trigger["run"]), "template": Path(template["run"])}
 
@@ -162,7 +162,7 @@ def test_runs_report_rebuilds_from_files_without_the_model(runs: dict, monkeypat
 
 
 def test_seeds_run_one_folder_each_and_summarize(runs: dict, tiny_causal_dir: Path, tmp_path: Path) -> None:
-    out = json.loads(invoke("optimize", runs["task"], "--seeds", "0,1", "--steps", 1, "--n-triggers", 1, "--top-k", 2,
+    out = json.loads(invoke("optimize", runs["task"], "--method", "trigger", "--seeds", "0,1", "--steps", 1, "--n-triggers", 1, "--top-k", 2,
                             "--model", tiny_causal_dir, "--runs-dir", tmp_path, "--json").stdout)
     folders = [Path(r["run"]) for r in out["runs"]]
     assert [json.loads((f / "config.json").read_text())["seed"] for f in folders] == [0, 1]

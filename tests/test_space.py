@@ -81,7 +81,7 @@ def test_bad_spaces_are_refused_with_a_clear_message(tmp_path, text, message):
 
 
 def test_missing_space_file_names_the_shipped_ones(tmp_path):
-    with pytest.raises(SpaceError, match="built-in spaces: default, facts, sentiment"):
+    with pytest.raises(SpaceError, match="built-in spaces: default, demo, facts, sentiment"):
         load_space(tmp_path / "nope.yaml")
 
 

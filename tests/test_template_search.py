@@ -57,7 +57,7 @@ def config(tmp_path: Path, **changes) -> TemplateSearchConfig:
 
 def test_template_search_runs_its_budget_with_the_manual_prompt_first(causal_lm, tmp_path):
     task = word_task()
-    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
                       config=config(tmp_path), progress=False)
     storage = optuna.storages.RDBStorage(f"sqlite:///{result.run_dir / 'study.db'}")
     study = optuna.load_study(study_name=result.run_dir.name, storage=storage)

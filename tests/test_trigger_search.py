@@ -200,7 +200,7 @@ def test_with_trigger_slots():
 def test_masked_lm_path(masked_lm, tmp_path: Path):
     """The same search on a masked LM: [P] is the mask, candidates are full sequences."""
     task = make_task("{text} [T] [T] it was [P] .", ["positive", "negative"] * 4)
-    result = optimize(task, masked_lm, config=planted_config(steps=2, top_k=6, loss="labels"), runs_dir=tmp_path,
+    result = optimize(task, masked_lm, config=planted_config(steps=2, top_k=6, loss="labels"), confidence=0, runs_dir=tmp_path,
                       progress=False)
     assert len(result.prompt.trigger_ids) == 2
     assert masked_lm.tokenizer.mask_token_id not in result.prompt.trigger_ids
@@ -226,7 +226,7 @@ def test_free_form_targets(causal_lm, tmp_path: Path):
     examples = [Example({"subject": s}, o, f"facts:{i}") for i, (s, o) in enumerate(facts)]
     task = Task(name="facts", template="{subject} is in[P]", metric="precision@1",
                 splits={"train": examples, "dev": examples, "test": examples})
-    result = optimize(task, causal_lm, config=planted_config(steps=2, n_triggers=2, top_k=5), runs_dir=tmp_path,
+    result = optimize(task, causal_lm, config=planted_config(steps=2, n_triggers=2, top_k=5), confidence=0, runs_dir=tmp_path,
                       progress=False)
     assert result.prompt.template == "{subject} [T] [T] is in[P]"
     test = task.examples("test")

@@ -14,7 +14,7 @@ import threading
 
 import click
 
-from autoprompt.cli.commands import bench, dashboard, evaluate, labels, models, predict
+from autoprompt.cli.commands import bench, dashboard, evaluate, labels, models, predict, tasks
 from autoprompt.cli.optimize import optimize
 from autoprompt.cli.runs import export, runs
 from autoprompt.errors import AutoPromptError
@@ -93,5 +93,5 @@ def main(verbose: int, quiet: bool) -> None:
         pass
 
 
-for _command in (evaluate, optimize, labels, predict, models, dashboard, bench, runs, export):
+for _command in (optimize, evaluate, predict, tasks, labels, models, runs, export, dashboard, bench):
     main.add_command(_command)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from autoprompt.cli.options import model_options
+from autoprompt.cli.options import model_options, resolve_task, task_options
 from autoprompt.errors import AutoPromptError
 
 log = logging.getLogger("autoprompt")
@@ -26,19 +26,21 @@ log = logging.getLogger("autoprompt")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the evaluated prompt, with its metrics, as a prompt file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @model_options
+@task_options
 def evaluate(task: str, prompt_path: str | None, split: str, limit: int | None, model: str | None,
-             output: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
+             output: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool,
+             **task_flags) -> None:
     """Score a prompt (the task's manual one by default) on a split of TASK.
 
-    TASK is a task file (tasks/sst2.py) or a built-in name (sst2, lama_p19, lama_p103)."""
+    TASK is a built-in name (sst2, lama_p19, lama_p103), a task file (.py) or a data file (.csv, .tsv,
+    .jsonl: --input, --label; split by seed 0, as optimize splits it)."""
     from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.predict import load_prompt
     from autoprompt.prompt import Prompt
     from autoprompt.prompt_file import PromptFile, save_prompt_file
     from autoprompt.scoring import evaluate as evaluate_prompt
-    from autoprompt.task import load_task
 
-    the_task = load_task(task)
+    the_task = resolve_task(task, **task_flags)
     examples = the_task.examples(split)[:limit]
     if prompt_path:
         predictor = load_prompt(prompt_path, model=model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -235,3 +237,54 @@ def bench(model: str | None, task_spec: str, candidates: int, examples: int, rou
     if output:
         write_atomic(Path(output), json.dumps(result, indent=2) + "\n")
     click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@click.command()
+@click.option("--copy", "copy_name", default=None, metavar="NAME",
+              help="Copy a built-in task (its file and data) or an example data file into the current folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def tasks(copy_name: str | None, as_json: bool) -> None:
+    """The built-in tasks and example data files: what each is and its splits."""
+    from autoprompt.task import BUILTIN_TASKS, BUILTIN_TASKS_DIR, load_task
+
+    examples = sorted(p.name for p in (BUILTIN_TASKS_DIR / "data").glob("*.csv"))
+    if copy_name is not None:
+        for written in _copy_builtin(copy_name, BUILTIN_TASKS_DIR, BUILTIN_TASKS, examples):
+            click.echo(f"wrote {written}")
+        return
+    rows = []
+    for name in BUILTIN_TASKS:
+        task = load_task(name)
+        rows.append({"name": name, "kind": "labels" if task.verbalizer else "free-form", "metric": task.metric,
+                     "splits": {s: len(e) for s, e in task.splits.items()}, "description": task.description})
+    if as_json:
+        click.echo(json.dumps({"tasks": rows, "examples": examples}))
+        return
+    for row in rows:
+        sizes = ", ".join(f"{s} {n}" for s, n in row["splits"].items())
+        click.echo(f"{row['name']:<11} {row['kind']:<9} {row['metric']:<11} {sizes:<32} {row['description']}")
+    click.echo(f"example data files (autoprompt tasks --copy NAME): {', '.join(examples)}")
+
+
+def _copy_builtin(name: str, folder: Path, builtin: tuple[str, ...], examples: list[str]) -> list[Path]:
+    """Copy a built-in task file with its data folder, or an example data file, into the current folder."""
+    import shutil
+
+    if name in examples:
+        pairs = [(folder / "data" / name, Path(name))]
+    elif name.removesuffix(".py") in builtin:  # the task file and the data files its examples come from
+        from autoprompt.task import load_task
+
+        stem = name.removesuffix(".py")
+        task = load_task(stem)
+        files = sorted({Path(e.source.rsplit(":", 1)[0]) for examples in task.splits.values() for e in examples})
+        pairs = [(folder / f"{stem}.py", Path(f"{stem}.py"))] + [(f, f.relative_to(folder)) for f in files]
+    else:
+        raise AutoPromptError(f"{name}: not a built-in task ({', '.join(builtin)}) or example file ({', '.join(examples)})")
+    existing = [str(target) for _, target in pairs if target.exists()]
+    if existing:
+        raise AutoPromptError(f"{', '.join(existing)} already exists here; nothing was copied")
+    for source, target in pairs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return [target for _, target in pairs]

@@ -4,19 +4,27 @@ the search itself is ``autoprompt.optimize`` (the same call as the Python API's)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
 
-from autoprompt.cli.options import model_options, setting_fields, setting_options
+from autoprompt.cli.options import (
+    TASK_FLAGS,
+    model_options,
+    resolve_task,
+    setting_fields,
+    setting_options,
+    task_options,
+)
 from autoprompt.errors import AutoPromptError
 from autoprompt.searches import METHODS, RunSettings, config_from, fields_of
 
 
 @click.command()
 @click.argument("task")
-@click.option("--method", type=click.Choice(list(METHODS)), default="trigger", show_default=True,
+@click.option("--method", type=click.Choice(list(METHODS)), default="template", show_default=True,
               help="; ".join(f"{name}: {m.help}" for name, m in METHODS.items()) + ".")
 @click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None, help="Continue this run folder.")
@@ -24,18 +32,27 @@ from autoprompt.searches import METHODS, RunSettings, config_from, fields_of
 @click.option("--search-labels", is_flag=True, help="First search label words; use the best one per label.")
 @click.option("--seeds", default=None, help="Run the search once per seed (e.g. 0,1,2), one run folder each, and "
               "report mean ± std; the summary goes to RUNS_DIR/<first run>-seeds.json and .md.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also write the found prompt file here (it is always in the run folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @model_options
+@task_options
 @setting_options
 def optimize(task: str, method: str, model: str | None, resume: str | None, runs_dir: str, search_labels: bool,
-             seeds: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool,
+             seeds: str | None, output: str | None, as_json: bool, device: str | None, dtype: str | None, trust_remote_code: bool,
              **settings) -> None:
-    """Search for a better prompt for TASK and save it in a run folder."""
+    """Search for a better prompt for TASK and save it in a run folder.
+
+    TASK is a built-in task (sst2, lama_p19, lama_p103), a task file (.py), or a data file (.csv, .tsv,
+    .jsonl) with an input and a label column (--input, --label; one file is split into train, dev and test)."""
     from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.optimizer import optimize as run_optimize
     from autoprompt.optimizer import optimize_seeds
-    from autoprompt.task import load_task
+    from autoprompt.runs import Run
 
+    if output and seeds is not None:
+        raise AutoPromptError("--output takes one run's prompt file; with --seeds each run folder has its own")
+    task_flags = {name: settings.pop(name) for name in TASK_FLAGS}
     seed_list = _parse_seeds(seeds, settings.get("seed"), resume) if seeds is not None else None
     ctx = click.get_current_context()
     given = {k: v for k, v in settings.items()  # flags on the command line ($AUTOPROMPT_STORAGE is a default)
@@ -44,7 +61,8 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
         method, model = _resume_method(resume, method, model, given, search_labels, ctx)
     else:
         _check_method_flags(method, {**given, **({"search_labels": True} if search_labels else {})})
-    the_task = load_task(task)
+    split_seed = settings.get("seed") or 0 if resume is None else Run.open(resume).seed() or 0  # a data file's split
+    the_task = resolve_task(task, seed=split_seed, **task_flags)
     spec = METHODS[method]
     every = {k: v for k, v in settings.items() if v is not None}
     config = config_from(spec.config, {k: v for k, v in every.items() if k in fields_of(spec.config)})
@@ -53,12 +71,14 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
         spec.check_settings(the_task, config)  # a bad space fails before the model loads
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     options = {"method": method, "config": config, "runs_dir": runs_dir, "search_labels": search_labels,
-               "time_budget": run_settings.time_budget, "progress": True}
+               "time_budget": run_settings.time_budget, "confidence": run_settings.confidence, "progress": True}
     if seed_list is not None:
         results, summary_path = optimize_seeds(the_task, lm, seed_list, **options)
         _print_seeds(results, summary_path, the_task, method, lm.name, as_json)
         return
     result = run_optimize(the_task, lm, seed=run_settings.seed, resume=resume, **options)
+    if output:
+        result = dataclasses.replace(result, prompt_file=result.save(output))
     _print_result(result, the_task, method, lm.name, as_json)
 
 
@@ -108,6 +128,8 @@ def _print_result(result, task, method: str, model: str, as_json: bool) -> None:
             click.echo(f"verbalizer: {p.verbalizer}")
     if p.trigger_tokens:
         click.echo(f"triggers: {list(p.trigger_tokens)}")
+    if result.kept_baseline:
+        click.echo(f"kept the task's own prompt: {result.kept_baseline}")
     if result.train:
         click.echo(f"  train {metric}: {result.train['metrics'][metric]:.4f}  (manual template: "
                    f"{result.train['baseline'][metric]:.4f}; {result.train['examples']} examples)")
@@ -139,7 +161,7 @@ def _result_report(result, task, method: str, model: str) -> dict:
             "chat": result.prompt.chat, "calibrated": bool(result.prompt.calibration),
             "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
             "metrics": result.metrics, "baseline": result.baseline, "train": result.train,
-            "report": str(result.report), "seconds": round(result.seconds, 1)}
+            "report": str(result.report), "seconds": round(result.seconds, 1), "kept_baseline": result.kept_baseline}
 
 
 def _print_seeds(results, summary_path: Path, task, method: str, model: str, as_json: bool) -> None:

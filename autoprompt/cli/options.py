@@ -7,6 +7,7 @@ import dataclasses
 
 import click
 
+from autoprompt.errors import AutoPromptError
 from autoprompt.searches import METHODS, RunSettings, fields_of
 
 
@@ -65,9 +66,71 @@ def _option(fld: dataclasses.Field):
         ptype = Duration()
     elif kind.startswith("int"):
         ptype = click.IntRange(min=meta.get("min", 1))
+    elif fld.name == "confidence":
+        ptype = click.FloatRange(min=0, max=1, max_open=True)
     elif kind.startswith("float"):
         ptype = click.FloatRange(min=0, min_open=True)
     else:
         ptype = str
     return click.option(flag, fld.name, type=ptype, default=None, envvar=meta.get("envvar"),
                         help=f"{meta.get('help', '')} [default: {fld.default}]")
+
+
+TASK_FLAGS = ("inputs", "label", "answer", "template", "verbalizer", "metric", "dev_file", "test_file",
+              "split_fractions")
+
+
+def task_options(f):
+    """TASK as a built-in name, a task file, or a data file (.csv, .tsv, .jsonl) read with these flags."""
+    options = [
+        click.option("--input", "inputs", multiple=True, help="A data file's input column (repeat for several; "
+                     "default: every column but the label or answer)."),
+        click.option("--label", default=None, help="A data file's label column: a classification task [default: label]."),
+        click.option("--answer", default=None, help="A data file's answer column instead: free-form answers."),
+        click.option("--template", default=None, help="The task's template (default: the task's own; for a data file "
+                     "one 'Column: {column}' line per input, then 'Label:[P]')."),
+        click.option("--verbalizer", default=None, help="A data file's label words: LABEL=WORD[|WORD],... "
+                     "(default: each label is its own word)."),
+        click.option("--metric", type=click.Choice(["accuracy", "macro_f1", "precision@1"]), default=None,
+                     help="A data file's metric [default: accuracy; precision@1 for answers]."),
+        click.option("--dev", "dev_file", default=None, help="A data file of dev examples (else split from TASK)."),
+        click.option("--test", "test_file", default=None, help="A data file of test examples (else split from TASK)."),
+        click.option("--fractions", "split_fractions", default=None,
+                     help="Train,dev,test fractions a data file is split in [default: 0.6,0.2,0.2], stratified by label."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def resolve_task(spec: str, *, inputs=(), label=None, answer=None, template=None, verbalizer=None, metric=None,
+                 dev_file=None, test_file=None, split_fractions=None, seed: int = 0):
+    """The task TASK names, with the task flags applied (the data-file ones only to a data file)."""
+    from autoprompt.data_task import DEFAULT_SPLIT, DataTaskSpec, is_data_file, parse_verbalizer, task_from_data
+    from autoprompt.task import load_task
+
+    data_flags = {"--input": inputs, "--label": label, "--answer": answer, "--verbalizer": verbalizer,
+                  "--metric": metric, "--dev": dev_file, "--test": test_file, "--fractions": split_fractions}
+    if not is_data_file(spec):
+        given = [flag for flag, value in data_flags.items() if value]
+        if given:
+            raise AutoPromptError(f"{', '.join(given)} read a data file (.csv, .tsv, .jsonl); {spec} is a task")
+        task = load_task(spec)
+        if template:
+            task = dataclasses.replace(task, template=template)
+            task.validate()
+        return task
+    return task_from_data(spec, DataTaskSpec(
+        inputs=tuple(inputs), label=label, answer=answer, template=template,
+        verbalizer=parse_verbalizer(verbalizer) if verbalizer else None, metric=metric, dev=dev_file, test=test_file,
+        split=_fractions(split_fractions) if split_fractions else DEFAULT_SPLIT, seed=seed))
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise AutoPromptError(f"--fractions {text!r}: three fractions for train, dev and test, e.g. 0.6,0.2,0.2")
+    return values

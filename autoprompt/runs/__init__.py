@@ -28,6 +28,7 @@ from autoprompt.runs.predictions import (
     overfit_warning,
     read_predictions,
     run_metric,
+    side,
     split_record,
     split_results,
 )
@@ -37,5 +38,5 @@ __all__ = [
     "DEFAULT_RUNS_DIR", "PREDICTIONS_FORMAT", "Run", "SplitResult", "compare_markdown", "compare_rows", "find_run",
     "format_interval", "format_seconds", "format_value", "invoked_command", "list_runs", "metrics_table",
     "overfit_warning", "prompt_section", "read_predictions", "run_metric", "seed_markdown", "seed_summary",
-    "split_record", "split_results", "summary", "write_report",
+    "side", "split_record", "split_results", "summary", "write_report",
 ]

@@ -27,13 +27,13 @@ def split_record(examples: list[Example], found: Evaluation, baseline: Evaluatio
                  indices: list[int] | None = None) -> dict[str, Any]:
     """One split of predictions.json: gold answers and both prompts' predictions (and ranks)."""
     record: dict[str, Any] = {"examples": len(examples), "of": of, "gold": [e.answer for e in examples],
-                              "prompt": _side(found), "baseline": _side(baseline)}
+                              "prompt": side(found), "baseline": side(baseline)}
     if indices is not None:
         record["indices"] = indices
     return record
 
 
-def _side(evaluation: Evaluation) -> dict[str, Any]:
+def side(evaluation: Evaluation) -> dict[str, Any]:
     side: dict[str, Any] = {"predicted": list(evaluation.predictions)}
     if evaluation.target_ranks is not None:
         side["ranks"] = [int(r) for r in evaluation.target_ranks]

@@ -37,6 +37,8 @@ class RunSettings:
     seed: int = opt(0, "Seed of every random choice; same seed, same run on the same machine.", min=0)
     time_budget: float | None = opt(None, "Seconds for the whole run (10m, 1h): the search stops early enough "
                                     "to leave time for the scoring after it.")
+    confidence: float = opt(0.95, "The found prompt replaces the task's own only when its gain on dev is above zero "
+                            "with this confidence (paired bootstrap; 0: any gain).", min=0)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Context:
     budget: Budget = field(default_factory=lambda: Budget(None))
     progress: bool = True
     resume: bool = False  # continue what the run folder holds
+    verdict: dict[str, Any] | None = None  # the found prompt against the baseline on dev (optimize's, after the search)
 
 
 @dataclass

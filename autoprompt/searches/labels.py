@@ -19,6 +19,7 @@ from autoprompt.errors import TaskError
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import encode_examples, pack_batches, pad_right, render_template
+from autoprompt.searches.trigger import allowed_tokens
 from autoprompt.template import spaced_answer, text_before_answer
 
 if TYPE_CHECKING:
@@ -74,8 +75,6 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2
 def search_label_words(model: LanguageModel, task: Task, *, n_examples: int = 500, top_k: int = 10,
                        ascii_only: bool = True, seed: int = 0) -> LabelWords:
     """Propose label words for a classification task (the verbalizer's words are not used)."""
-    from autoprompt.trigger_search import allowed_tokens
-
     if not task.is_classification:
         raise TaskError(f"{task.name}: label-word search needs a classification task (with labels)")
     examples = task.examples("train")

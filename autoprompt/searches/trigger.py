@@ -46,9 +46,8 @@ class TriggerSearchConfig:
 
     section: ClassVar[str] = "trigger"  # its key in config.json
 
-    template: str | None = opt(None, "Template with [T] slots to search in (default: the task's; without [T] slots, "
-                                "n_triggers are added after its last field).")
-    n_triggers: int = opt(5, "[T] slots to add after the last field when the template has none.", min=0)
+    n_triggers: int = opt(5, "[T] slots to add after the last field when the task's template has none "
+                          "(--template places them: '{subject} was born in [T] [T][P]').", min=0)
     steps: int = opt(20, "Search steps at most.")
     mode: str = opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
                      choices=("autoprompt", "gcg"))
@@ -137,7 +136,7 @@ def ranking_model(model: LanguageModel, cfg: TriggerSearchConfig) -> LanguageMod
 def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, base: Prompt | None = None) -> Prompt:
     """The prompt the search starts from, checked on one example of each split. ``base``: search
     inside this prompt (its instruction, demonstrations, verbalizer and chat; the hybrid)."""
-    template = base.template if base is not None else with_trigger_slots(cfg.template or task.template, cfg.n_triggers)
+    template = base.template if base is not None else with_trigger_slots(task.template, cfg.n_triggers)
     n_slots = count_triggers(template)
     if n_slots == 0:
         raise AutoPromptError(f"{task.name}: the template has no [T] slots and n_triggers is 0")
