@@ -104,3 +104,14 @@ def test_a_prompt_too_long_for_the_model_is_a_dead_end_not_a_crash(causal_lm, tm
     assert too_long and all(e["params"]["k"] == 8 and "the model reads at most 512" in e["error"] for e in too_long)
     assert all(e["params"].get("k", 0) == 0 for e in events if e["state"] == "complete")
     assert not result.prompt.demonstrations
+
+
+def test_the_built_in_spaces_serve_free_form_tasks(tmp_path: Path) -> None:
+    """The default space (the template search is the default method) leaves calibration out for free-form
+    answers; a user's space that asks for it on such a task is still refused."""
+    space = load_space("default").for_task(facts_task())
+    assert space.calibration == ["none"] and space.verbalizer == [None]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("calibration: [none, contextual]\n", encoding="utf-8")
+    with pytest.raises(SpaceError, match="contextual calibration needs a classification task"):
+        load_space(str(mine)).for_task(facts_task())
