@@ -178,7 +178,8 @@ def load_task(spec: str | os.PathLike) -> Task:
     if path.is_file():
         if path.suffix != ".py":
             raise TaskError(
-                f"{spec}: a task file is a Python file (.py) that defines `task`"
+                f"{spec}: a task file is a Python file (.py) that defines `task`; a data file is .csv, .tsv or "
+                ".jsonl (with --input and --label)"
             )
         return _load_task_file(path)
     if path.suffix == ".py":

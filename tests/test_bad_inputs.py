@@ -279,7 +279,7 @@ CASES = [
     Case("predict-prompt-truncated", _predict(_truncated), ("p.prompt.json:6", "not valid JSON")),
     # --- optimize --method template
     Case("template-space-missing", _optimize("--space", lambda e: e.tmp / "nope.yaml"),
-         ("nope.yaml", "no such search space file", "default, facts, sentiment")),
+         ("nope.yaml", "no such search space file", "default, demo, facts, sentiment")),
     Case("template-space-unknown-key", _optimize("--space", lambda e: _space(e, "colour: [red]\n")),
          ("space.yaml", "unknown key(s) colour")),
     Case("template-space-layout-without-answer", _optimize("--space", lambda e: _space(e, "layout: ['{text}']\n")),
