@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from autoprompt.errors import TemplateError
+from autoprompt.errors import InputTooLong, TemplateError
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.demos import nearest_demonstrations
 from autoprompt.template import Encoded
@@ -71,5 +71,8 @@ def target_ids(model: LanguageModel, prompt: Prompt, examples: list[Example]) ->
         target = model.renderer.answer_ids(example.answer or "", template)
         if not target:
             raise TemplateError(f"{example.source}: empty target")
+        if model.max_length is not None and len(target) >= model.max_length:
+            raise InputTooLong(f"{example.source}: the answer is {len(target)} tokens; the model reads at most "
+                               f"{model.max_length} with its prompt")
         targets.append(target if model.is_causal else target[:1])  # a masked LM fills one slot
     return targets
