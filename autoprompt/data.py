@@ -20,11 +20,18 @@ _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 @dataclass(frozen=True)
 class Example:
-    """One input (named text fields) and its gold label or target text."""
+    """One input (named text fields) and its gold label or target text (``answers``: every acceptable
+    answer of a generation task, ``answer`` first; empty: ``answer`` alone)."""
 
     fields: dict[str, str]
     answer: str | None
     source: str = ""
+    answers: tuple[str, ...] = ()
+
+    @property
+    def golds(self) -> tuple[str, ...]:
+        """Every acceptable answer."""
+        return self.answers or ((self.answer,) if self.answer is not None else ())
 
 
 def verbalizer_overlap(verbalizer: dict[str, list[str]]) -> str | None:
@@ -163,6 +170,11 @@ def _example(
     if columns is None:
         columns = {column: column for column in row if column != answer}
     values = {name: _value(row, column, source) for column, name in columns.items()}
+    if answer is not None and isinstance(row.get(answer), list):  # several acceptable answers (JSONL)
+        answers = tuple(_value({answer: a}, answer, source) for a in row[answer])
+        if not answers:
+            raise TaskError(f"{source}: field '{answer}' is an empty list; give at least one answer")
+        return Example(fields=values, answer=answers[0], source=source, answers=answers)
     target = _value(row, answer, source) if answer is not None else None
     return Example(fields=values, answer=target, source=source)
 

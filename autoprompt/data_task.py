@@ -29,10 +29,10 @@ class DataTaskSpec:
 
     inputs: tuple[str, ...] = ()  # input columns (default: every column but the label/answer)
     label: str | None = None  # the label column: a classification task
-    answer: str | None = None  # or the answer column: free-form answers (judged by their first token)
+    answer: str | None = None  # or the answer column: answers the model generates
     template: str | None = None  # default: one "Column: {column}" line per input, then "Label:[P]"
     verbalizer: dict[str, list[str]] | None = None  # label -> words (default: the labels themselves)
-    metric: str | None = None  # default: accuracy (labels), precision@1 (answers)
+    metric: str | None = None  # default: accuracy (labels), exact_match (answers)
     dev: str | None = None  # separate files for dev and test (else split from the one file)
     test: str | None = None
     split: tuple[float, float, float] = DEFAULT_SPLIT
@@ -57,7 +57,7 @@ def task_from_data(path: str, spec: DataTaskSpec) -> Task:
     verbalizer = None if spec.answer else (spec.verbalizer or _verbalizer(labels, path))
     template = spec.template or _default_template(columns, target)
     task = Task(name=Path(path).stem, template=template, splits=splits, verbalizer=verbalizer,
-                metric=spec.metric or ("accuracy" if verbalizer else "precision@1"), source=str(path),
+                metric=spec.metric or ("accuracy" if verbalizer else "exact_match"), source=str(path),
                 description=f"{path}: {', '.join(columns)} -> {target}")
     task.validate()
     log.info("%s: %s", path, ", ".join(f"{name} {len(examples)}" for name, examples in splits.items()))

@@ -221,7 +221,8 @@ def promptfoo_config(pf: PromptFile, tokenizer, task, *, source: str = "") -> st
     raw = "".join(_nunjucks(kind, value) for kind, value in pieces)
     fields = [value for kind, value in pieces if kind == "field"]
     tests = [{"vars": {name: example.fields[name] for name in dict.fromkeys(fields)},
-              "assert": [_expected(prompt, example.answer, task.name)]} for example in task.examples("test")]
+              "assert": [_expected(prompt, example.answer, task.name, example, pf.metric)]}
+             for example in task.examples("test")]
     data = {"description": f"{pf.task_name or task.name}: prompt exported by autoprompt from {source}",
             "prompts": [{"label": f"autoprompt {pf.task_name or task.name}", "raw": raw}],
             "providers": _providers(prompt), "tests": tests}
@@ -254,7 +255,12 @@ def _nunjucks(kind: str, value: str) -> str:
     return value if kind == "text" else ""
 
 
-def _expected(prompt: Prompt, answer: str, task_name: str) -> dict[str, Any]:
+def _expected(prompt: Prompt, answer: str, task_name: str, example=None, metric: str = "") -> dict[str, Any]:
+    if prompt.generation is not None:  # a generated answer: equal to (exact match) or containing an acceptable one
+        golds = list(example.golds) if example is not None else [answer]
+        if metric == "exact_match" and len(golds) == 1:
+            return {"type": "equals", "value": golds[0]}
+        return {"type": "icontains", "value": golds[0]} if len(golds) == 1 else {"type": "icontains-any", "value": golds}
     if not prompt.verbalizer:
         return {"type": "icontains", "value": answer}
     if answer not in prompt.verbalizer:

@@ -32,6 +32,7 @@ class Sample:
     predicted: np.ndarray | None = None  # an answer that is not a label has an id of its own
     ranks: np.ndarray | None = None
     label_ids: tuple[int, ...] = ()  # the labels a macro average runs over
+    scores: np.ndarray | None = None  # each example's own value (generated answers: exact match, F1, ...)
 
 
 def _accuracy_rows(s: Sample) -> np.ndarray:
@@ -63,12 +64,19 @@ METRICS: dict[str, tuple[Callable[[Sample], np.ndarray], str]] = {
     "precision@1": (_precision_at_1_rows, "ranks"),
     "mrr": (_mrr_rows, "ranks"),
 }
+# a metric that is a mean over examples of each example's own value (every generation metric, and a
+# user's own): its rows are the mean of those values; sides carry them as "scores"
+SCORED = ("exact_match", "token_f1", "contains")
 
 
 def resampled(metric: str, gold: Sequence[str], idx: np.ndarray, *, predicted: Sequence[str] | None = None,
-              ranks: Sequence[int] | np.ndarray | None = None, labels: Sequence[str] | None = None) -> np.ndarray:
+              ranks: Sequence[int] | np.ndarray | None = None, labels: Sequence[str] | None = None,
+              scores: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """The metric on each row of example indices ``idx`` [r, n]; returns [r]. ``labels``: those a
-    macro average runs over (default: the gold answers')."""
+    macro average runs over (default: the gold answers'). ``scores``: each example's own value, for a
+    metric that is their mean (generated answers)."""
+    if scores is not None and metric not in METRICS:
+        return np.asarray(scores, dtype=float)[idx].mean(axis=1)
     if metric not in METRICS:
         raise AutoPromptError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     rows, reads = METRICS[metric]
@@ -88,12 +96,14 @@ def resampled(metric: str, gold: Sequence[str], idx: np.ndarray, *, predicted: S
 
 
 def metric_value(metric: str, gold: Sequence[str], *, predicted: Sequence[str] | None = None,
-                 ranks: Sequence[int] | np.ndarray | None = None, labels: Sequence[str] | None = None) -> float:
+                 ranks: Sequence[int] | np.ndarray | None = None, labels: Sequence[str] | None = None,
+                 scores: Sequence[float] | np.ndarray | None = None) -> float:
     """The metric on all the examples (none: 0.0)."""
     if not len(gold):
         return 0.0
     identity = np.arange(len(gold))[None, :]  # [1, n]
-    return float(resampled(metric, gold, identity, predicted=predicted, ranks=ranks, labels=labels)[0])
+    return float(resampled(metric, gold, identity, predicted=predicted, ranks=ranks, labels=labels,
+                           scores=scores)[0])
 
 
 def bootstrap(metric: str, gold: Sequence[str], sides: list[dict[str, Any]], labels: Sequence[str] | None = None, *,
@@ -108,7 +118,8 @@ def bootstrap(metric: str, gold: Sequence[str], sides: list[dict[str, Any]], lab
         idx = rng.integers(0, n, size=(min(rows, n_resamples - start), n))  # [rows, n]
         for k, side in enumerate(sides):
             out[k, start : start + len(idx)] = resampled(metric, gold, idx, predicted=side.get("predicted"),
-                                                         ranks=side.get("ranks"), labels=labels)
+                                                         ranks=side.get("ranks"), labels=labels,
+                                                         scores=side.get("scores"))
     return out
 
 

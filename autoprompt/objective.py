@@ -4,7 +4,8 @@ candidates' scores and the selection metric all come from it, so the three agree
 - labels: -log p(gold label) at [P], a label's probability the log-sum-exp of its words' (a
   multi-token word teacher-forced, in the gradient as in the candidates' scores); over the
   vocabulary (AutoPrompt) or renormalised over the labels; selection by the task's metric.
-- free-form answers scored by their first token (LAMA's precision@1): -log p(first target token).
+- free-form answers scored by their first token (LAMA's precision@1): -log p(first target token);
+- generated answers: -log p(the whole target), teacher-forced; selection by the generated answers' metric.
 """
 
 from __future__ import annotations
@@ -87,6 +88,27 @@ class FirstTokenObjective(Objective):
         return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
 
 
+class TargetObjective(Objective):
+    """Generated answers: -log p(the whole gold answer, then the token that ends it), teacher-forced
+    (GCG's objective, over many examples). The end token makes the likelihood agree with what the
+    answer is judged by: a prompt after which the model says the answer and goes on talking
+    fails exact match, and without it would score as well as one after which it stops."""
+
+    def answers(self, model, prompt, examples):
+        return [[target] for target in target_ids(model, prompt, examples, end=True)]
+
+    def loss(self, prompt, examples, answer_log_probs):
+        return -answer_log_probs[:, 0]
+
+    def candidate_losses(self, model, prompt, examples, candidates, caches=None):
+        log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches,
+                                        end=True)  # [C * n]
+        return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
+
+
 def objective_for(prompt: Prompt, loss: str = "labels") -> Objective:
-    """The objective of a prompt's task: its labels (with the ``loss`` kind), else its answers' first token."""
-    return LabelObjective(loss) if prompt.is_classification else FirstTokenObjective()
+    """The objective of a prompt's task: its labels (with the ``loss`` kind), its generated answers' whole
+    text, else its answers' first token."""
+    if prompt.is_classification:
+        return LabelObjective(loss)
+    return TargetObjective() if prompt.generation is not None else FirstTokenObjective()

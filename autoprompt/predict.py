@@ -15,7 +15,7 @@ from autoprompt.errors import PromptFileError, TemplateError
 from autoprompt.models import LanguageModel, load_model
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
-from autoprompt.scoring import Caches, nearest_demonstrations, render_template, score_labels, score_targets
+from autoprompt.scoring import Caches, generate, nearest_demonstrations, render_template, score_labels, score_targets
 from autoprompt.template import fill_template
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class Predictor:
         if self.prompt.is_classification:
             scores = score_labels(self.model, self.prompt, examples, caches=self.caches)
             out = [self.labels[k] for k in scores.argmax(axis=1)]
+        elif self.prompt.generation is not None:  # the answer the model generates
+            out = generate(self.model, self.prompt, examples, caches=self.caches)
         else:
             _, _, top = score_targets(self.model, self.prompt, [_with_answer(e) for e in examples], caches=self.caches)
             out = [self.model.tokenizer.decode([t]).strip() for t in top]
@@ -51,7 +53,9 @@ class Predictor:
     def predict_proba(self, inputs: Input | list[Input]) -> dict[str, float] | list[dict[str, float]]:
         """Probability of each label, normalised over the labels, for one input or a list."""
         if not self.prompt.is_classification:
-            raise TemplateError("predict_proba needs a classification prompt (one with a verbalizer)")
+            raise TemplateError("predict_proba needs a classification prompt (one with labels); this one "
+                                + ("generates its answers: use predict" if self.prompt.generation else
+                                   "answers with a free-form word: use predict"))
         single = not isinstance(inputs, list)
         scores = score_labels(self.model, self.prompt, self._examples(inputs), caches=self.caches)
         probs = np.exp(scores - scores.max(axis=1, keepdims=True))

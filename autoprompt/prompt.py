@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from autoprompt.answers import Generation
 from autoprompt.data import Example, verbalizer_overlap
 from autoprompt.errors import TemplateError
 from autoprompt.template import (
@@ -52,9 +53,12 @@ class Prompt:
     calibration: tuple[float, ...] = ()
     model: ModelRef | None = None
     fields: tuple[str, ...] = field(default=())  # the input fields it expects
+    generation: Generation | None = None  # its answers are generated text (None: labels or a first token)
 
     def __post_init__(self) -> None:
         parse_template(self.template)
+        if self.generation is not None and self.verbalizer is not None:
+            raise TemplateError("a prompt has labels (a verbalizer) or generates its answers, not both")
         if len(self.trigger_ids) != len(self.trigger_tokens):
             raise TemplateError("a prompt needs one text per trigger id")
         if not 0 <= self.demo_k <= len(self.demonstrations):
@@ -69,7 +73,7 @@ class Prompt:
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:
         """The task's manual prompt (its baseline); trigger slots removed unless asked."""
         template = remove_triggers(task.template) if drop_triggers else task.template
-        return cls(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields))
+        return cls(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), generation=task.generation)
 
     @property
     def is_classification(self) -> bool:

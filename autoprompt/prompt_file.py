@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprompt.answers import DEFAULT_NORMALIZE, NORMALIZE_STEPS, Generation
 from autoprompt.data import Example
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
 from autoprompt.files import write_atomic
@@ -22,7 +23,7 @@ MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not 
 MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search"}
+             "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search", "generation"}
 _REQUIRED = {"format", "template", "model", "task"}
 
 
@@ -58,6 +59,9 @@ def to_json(pf: PromptFile) -> dict[str, Any]:
         "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
         "chat": p.chat,
         "calibration": list(p.calibration),
+        "generation": None if p.generation is None else {"max_new_tokens": p.generation.max_new_tokens,
+                                                         "stop": list(p.generation.stop),
+                                                         "normalize": list(p.generation.normalize)},
         "model": {"name": p.model.name, "source": p.model.source, "kind": p.model.kind,
                   "tokenizer_fingerprint": p.model.tokenizer_fingerprint},
         "metrics": pf.metrics,
@@ -125,7 +129,8 @@ def from_json(data: Any) -> PromptFile:
                      trigger_tokens=tuple(t["text"] for t in triggers),
                      instruction=_typed(data.get("instruction", ""), str, "instruction"), demonstrations=tuple(demos),
                      demo_k=demo_k, chat=_typed(data.get("chat", False), bool, "chat"),
-                     calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields))
+                     calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields),
+                     generation=_generation(data.get("generation")))
     _check(prompt.n_trigger_slots == len(triggers),
            f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
     return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),
@@ -183,6 +188,22 @@ def _demonstrations(demos: Any) -> list[Example]:
                "each demonstration must be {\"fields\": {name: str}, \"answer\": str}")
         out.append(Example(fields=dict(d["fields"]), answer=d["answer"], source="demonstration"))
     return out
+
+
+def _generation(value: Any) -> Generation | None:
+    if value is None:
+        return None
+    value = _typed(value, dict, "generation")
+    unknown = sorted(set(value) - {"max_new_tokens", "stop", "normalize"})
+    _check(not unknown, f"generation: unknown keys {', '.join(unknown)}")
+    budget = _typed(value.get("max_new_tokens", 16), int, "generation.max_new_tokens")
+    _check(0 < budget <= 4096, f"generation.max_new_tokens must be 1..4096, not {budget}")
+    stop = _typed(value.get("stop", []), list, "generation.stop")
+    _check(all(isinstance(s, str) and s for s in stop), "generation.stop must be a list of non-empty strings")
+    normalize = _typed(value.get("normalize", list(DEFAULT_NORMALIZE)), list, "generation.normalize")
+    _check(all(step in NORMALIZE_STEPS for step in normalize),
+           f"generation.normalize takes steps of: {', '.join(NORMALIZE_STEPS)}")
+    return Generation(budget, tuple(stop), tuple(normalize))
 
 
 def _template(template: Any) -> str:

@@ -41,8 +41,8 @@ def judge(metric: str, gold: list[str], found: dict[str, Any], baseline: dict[st
           labels: list[str] | None = None, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Verdict:
     """``found`` and ``baseline``: what each prompt answered on dev ({"predicted": [...], "ranks": [...]}).
     ``confidence`` 0 keeps any found prompt that is not worse on dev."""
-    values = [metric_value(metric, gold, predicted=side.get("predicted"), ranks=side.get("ranks"), labels=labels)
-              for side in (found, baseline)]
+    values = [metric_value(metric, gold, predicted=side.get("predicted"), ranks=side.get("ranks"), labels=labels,
+                           scores=side.get("scores")) for side in (found, baseline)]
     if confidence <= 0:
         return Verdict(values[0] >= values[1], values[0], values[1], values[0] - values[1])
     resamples = bootstrap(metric, gold, [found, baseline], labels, seed=seed)  # [2, n_resamples]

@@ -240,7 +240,7 @@ def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_t
                                     labels=list(task.verbalizer or {}), seed=seed) if choice.k else []
     return Prompt(template=layout, verbalizer=space.verbalizer[choice.verbalizer] if task.verbalizer else None,
                   instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), demo_k=demo_k,
-                  chat=choice.chat, fields=tuple(task.fields))
+                  chat=choice.chat, fields=tuple(task.fields), generation=task.generation)
 
 
 def pick_demonstrations(train: list[Example], k: int, selection: str, order: str, *, labels: list[str],

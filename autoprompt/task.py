@@ -10,10 +10,12 @@ import logging
 import os
 import runpy
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from autoprompt.answers import DEFAULT_NORMALIZE, JUDGES, NORMALIZE_STEPS, Generation
 from autoprompt.data import Example, read_examples, verbalizer_overlap
 from autoprompt.errors import AutoPromptError, TaskError, TemplateError
 from autoprompt.template import template_fields
@@ -22,8 +24,13 @@ __all__ = ["BUILTIN_TASKS", "METRICS", "SPLITS", "Example", "Task", "load_task",
 
 logger = logging.getLogger(__name__)
 
+MAX_NEW_TOKENS = 64  # the most a generated answer is given by default
+
 SPLITS = ("train", "dev", "test")
-METRICS = ("accuracy", "macro_f1", "precision@1")
+LABEL_METRICS = ("accuracy", "macro_f1")
+FIRST_TOKEN_METRICS = ("precision@1",)
+GENERATION_METRICS = tuple(JUDGES)  # generated answers: exact_match, token_f1, contains (or your own function)
+METRICS = (*LABEL_METRICS, *FIRST_TOKEN_METRICS, *GENERATION_METRICS)
 # the built-in tasks: tasks/ of the repository, installed as autoprompt.builtin_tasks
 BUILTIN_TASKS_DIR = Path(str(files("autoprompt.builtin_tasks")))
 BUILTIN_TASKS = tuple(sorted(p.stem for p in BUILTIN_TASKS_DIR.glob("*.py")
@@ -32,19 +39,46 @@ BUILTIN_TASKS = tuple(sorted(p.stem for p in BUILTIN_TASKS_DIR.glob("*.py")
 
 @dataclass
 class Task:
-    """Examples per split, the manual template, the verbalizer (None: free-form) and the metric."""
+    """Examples per split, the manual template, the verbalizer (None: free-form answers) and the metric.
+
+    Three kinds: labels (a verbalizer; accuracy, macro_f1), free-form answers judged by their first token
+    (precision@1, LAMA-style), and generated answers (exact_match, token_f1, contains, or a function
+    ``(prediction, answers) -> float`` of your own): the model generates up to ``max_new_tokens`` (default:
+    the longest train answer's characters, plus 2), stopping at a newline or one of ``stop``, and answers
+    are compared after ``normalize`` (strip, whitespace, case, punctuation, articles)."""
 
     name: str
     template: str
     splits: dict[str, list[Example]]
     verbalizer: dict[str, list[str]] | None = None
-    metric: str = "accuracy"
+    metric: str | Callable[[str, list[str]], float] = "accuracy"
     source: str = ""
     description: str = ""
+    normalize: tuple[str, ...] = DEFAULT_NORMALIZE
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+    metric_fn: Callable[[str, list[str]], float] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if callable(self.metric):  # your own metric: known by its name from here on
+            self.metric_fn, self.metric = self.metric, getattr(self.metric, "__name__", "custom")
 
     @property
     def is_classification(self) -> bool:
         return self.verbalizer is not None
+
+    @property
+    def is_generation(self) -> bool:
+        return self.verbalizer is None and (self.metric in GENERATION_METRICS or self.metric_fn is not None)
+
+    @property
+    def generation(self) -> Generation | None:
+        """How answers are generated and compared (None unless the task's answers are generated)."""
+        if not self.is_generation:
+            return None
+        longest = max((len(g) for examples in self.splits.values() for e in examples for g in e.golds), default=8)
+        return Generation(self.max_new_tokens or min(MAX_NEW_TOKENS, longest + 2), tuple(self.stop),
+                          tuple(self.normalize), self.metric_fn)
 
     @property
     def labels(self) -> list[str]:
@@ -81,10 +115,13 @@ class Task:
                 )
             if not examples:
                 raise TaskError(f"{where}: split '{split}' has no examples")
-        if self.metric not in METRICS:
+        if self.metric not in METRICS and self.metric_fn is None:
             raise TaskError(
-                f"{where}: unknown metric '{self.metric}'; metrics are: {', '.join(METRICS)}"
+                f"{where}: unknown metric '{self.metric}'; metrics are: {', '.join(METRICS)}, "
+                "or a function (prediction, answers) -> float"
             )
+        if self.is_generation or self.metric in GENERATION_METRICS:
+            _check_generation(self, where)
         if self.verbalizer is not None:
             _check_verbalizer(self.verbalizer, where)
         try:
@@ -118,8 +155,22 @@ class Task:
                     f"{example.source}: {label} is not in the verbalizer; "
                     f"labels are: {', '.join(self.verbalizer)}"
                 )
-        elif not example.answer:
-            raise TaskError(f"{example.source}: free-form example has no target text")
+        elif not example.answer or not all(g.strip() for g in example.golds):
+            raise TaskError(f"{example.source}: free-form example has no target text (an answer is empty)")
+
+
+def _check_generation(task: Task, where: str) -> None:
+    if task.verbalizer is not None:
+        raise TaskError(f"{where}: metric {task.metric} judges generated answers; a task with a verbalizer has labels "
+                        f"(metrics {', '.join(LABEL_METRICS)})")
+    if any(not isinstance(s, str) or not s for s in task.stop):
+        raise TaskError(f"{where}: a stop string is empty (stop: {list(task.stop)!r}); generation would stop at once")
+    unknown = [step for step in task.normalize if step not in NORMALIZE_STEPS]
+    if unknown:
+        raise TaskError(f"{where}: unknown normalize step(s) {', '.join(map(str, unknown))}; steps are: "
+                        f"{', '.join(NORMALIZE_STEPS)}")
+    if task.max_new_tokens is not None and (not isinstance(task.max_new_tokens, int) or task.max_new_tokens < 1):
+        raise TaskError(f"{where}: max_new_tokens must be a whole number >= 1, not {task.max_new_tokens!r}")
 
 
 def _check_types(task: Task, where: str) -> None:

@@ -105,6 +105,20 @@ def build_reviews(out: Path) -> None:
     (out / "reviews.csv").write_text(buffer.getvalue(), encoding="utf-8", newline="")
 
 
+def build_country_codes(out: Path) -> None:
+    """countries/{train,dev,test}.jsonl: each country's name (ISO 3166-1, as pycountry ships it: its
+    common name where it has one) and its alpha-3 code; one seeded shuffle, split 100 / 49 / 100."""
+    import pycountry
+
+    rows = sorted(({"country": getattr(c, "common_name", None) or c.name, "code": c.alpha_3}
+                   for c in pycountry.countries), key=lambda r: r["code"])
+    random.Random(SEED).shuffle(rows)
+    sizes = {"train": 100, "dev": 49}
+    write_jsonl(out / "countries/train.jsonl", rows[: sizes["train"]])
+    write_jsonl(out / "countries/dev.jsonl", rows[sizes["train"] : sizes["train"] + sizes["dev"]])
+    write_jsonl(out / "countries/test.jsonl", rows[sizes["train"] + sizes["dev"] :])
+
+
 def build_lama(source: Path, out: Path, relation: str) -> None:
     """Test: the LAMA test facts; train/dev: the LPAQA train facts split 80/20 by subject."""
     facts = read_jsonl(source / f"lama/{relation}.train.jsonl")
@@ -140,6 +154,8 @@ def file_table(out: Path) -> str:
         if "label" in records[0]:
             counts = Counter(r["label"] for r in records)
             answers = " / ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+        elif "code" in records[0]:
+            answers = f"{len({r['code'] for r in records})} distinct codes"
         else:
             answers = f"{len({r['object'] for r in records})} distinct objects"
         name = path.relative_to(out).as_posix()
@@ -176,6 +192,15 @@ bytes. Every file is JSONL, UTF-8, one object per line. Do not edit these files 
   own file" starts from (`autoprompt tasks --copy reviews.csv`). Its rows are SST-2 train rows: none of
   them is in `sst2/test.jsonl`. Same source and license as SST-2 above.
 
+## Country codes (`countries/`): `{{"country", "code"}}`
+
+- Every country of ISO 3166-1 as the package `pycountry` ({pycountry}) ships it: its name (the
+  common name where it has one, e.g. `Bolivia` for `Bolivia, Plurinational State of`) and its alpha-3
+  code (`BOL`). One seeded shuffle (`random.Random({seed})`), split into train (100), dev (49) and
+  test (100): no country is in two splits.
+- Source: pycountry, whose data come from Debian's `iso-codes` (LGPL-2.1-or-later); the codes are
+  ISO 3166-1's.
+
 ## LAMA T-REx (`lama/`): `{{"subject", "object", "relation"}}`
 
 - `P19` (place of birth) and `P103` (native language).
@@ -210,12 +235,14 @@ def main() -> None:
     check_sources(args.source)
     build_sst2(args.source, args.out)
     build_reviews(args.out)
+    build_country_codes(args.out)
     for relation in LAMA_RELATIONS:
         build_lama(args.source, args.out, relation)
     readme = README.format(
         table=file_table(args.out),
         train=SST2_TRAIN_SIZE,
         reviews=REVIEWS_SIZE,
+        pycountry=__import__("importlib.metadata", fromlist=["version"]).version("pycountry"),
         dev=SST2_DEV_SIZE,
         seed=SEED,
         min_words=SST2_MIN_WORDS,

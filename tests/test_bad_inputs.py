@@ -149,6 +149,18 @@ def _config_only_folder(env: Env) -> Path:
     return folder
 
 
+def _generation_task(env: Env, rows: list[dict] | None = None, stop: tuple = ()) -> Path:
+    """A generation task (gen.py) over answers.jsonl: field ``q``, answer ``a``, exact match."""
+    rows = rows or [{"q": "a", "a": "A"}, {"q": "b", "a": "B"}]
+    (env.tmp / "answers.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    path = env.tmp / "gen.py"
+    path.write_text("from pathlib import Path\nfrom autoprompt.task import Task, read_examples\n"
+                    "rows = read_examples(Path(__file__).parent / 'answers.jsonl', fields=['q'], answer='a')\n"
+                    f"task = Task(name='gen', template='Q: {{q}}\\nA:[P]', metric='exact_match', stop={stop!r},\n"
+                    "            splits={'dev': rows})\n", encoding="utf-8")
+    return path
+
+
 def _causal(env: Env) -> Path:
     return env.causal
 
@@ -198,6 +210,15 @@ CASES = [
     Case("unknown-split", evaluate(lambda e: e.task(), "--split", "test", "--model", _causal),
          ("toy", "no split 'test'", "splits are: dev")),
     Case("limit-0", evaluate(lambda e: e.task(), "--limit", "0", "--model", _causal), ("--limit", "0")),
+    # --- generation tasks (answers that are text)
+    Case("generation-empty-answer", evaluate(lambda e: _generation_task(e, [{"q": "a", "a": "A"}, {"q": "b", "a": " "}]),
+                                             "--model", _causal),
+         ("answers.jsonl:2", "no target text")),
+    Case("generation-empty-stop-string", evaluate(lambda e: _generation_task(e, stop=("",)), "--model", _causal),
+         ("gen.py", "a stop string is empty")),
+    Case("generation-answer-longer-than-context",
+         evaluate(lambda e: _generation_task(e, [{"q": "a", "a": "word " * 600}]), "--model", _causal),
+         ("answers.jsonl:1", "the answer is", "tokens; the model reads at most 512")),
     # --- templates
     Case("answer-slot-missing", evaluate(lambda e: e.task("Review: {text}"), "--model", _causal),
          ("toy.py", "no [P] answer slot")),

@@ -5,9 +5,10 @@ the wheel, installs it in a fresh venv and runs it from an empty folder (.ci/run
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from importlib.resources import files
 from pathlib import Path
+
+import tomllib
 
 from autoprompt.space import SPACES_DIR, load_space
 from autoprompt.task import BUILTIN_TASKS, BUILTIN_TASKS_DIR
@@ -38,5 +39,5 @@ def test_the_built_in_tasks_data_and_spaces_are_package_data() -> None:
 def test_built_ins_are_found_through_the_package() -> None:
     assert BUILTIN_TASKS_DIR == Path(str(files("autoprompt.builtin_tasks")))
     assert SPACES_DIR == Path(str(files("autoprompt.builtin_spaces")))
-    assert set(BUILTIN_TASKS) == {"sst2", "lama_p19", "lama_p103"}
+    assert set(BUILTIN_TASKS) == {"sst2", "lama_p19", "lama_p103", "native_language", "country_codes"}
     assert load_space("sentiment").builtin and load_space("default").builtin

@@ -261,7 +261,7 @@ def test_load_task_file_errors(tmp_path: Path) -> None:
         load_task(tmp_path / "missing.py")
     with pytest.raises(
         TaskError,
-        match=r"unknown task 'foo': not a file, and built-in tasks are: lama_p103, lama_p19, sst2",
+        match=r"unknown task 'foo': not a file, and built-in tasks are: country_codes, lama_p103, lama_p19, native_language, sst2",
     ):
         load_task("foo")
 

@@ -209,7 +209,8 @@ def dashboard(run: str, host: str, port: int) -> None:
 
 @click.command()
 @click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
-@click.option("--task", "task_spec", default="sst2", show_default=True, help="A classification task (name or file).")
+@click.option("--task", "task_spec", default="sst2", show_default=True,
+              help="A classification task (a trigger step), or a generation task (scoring and generating answers).")
 @click.option("--candidates", type=click.IntRange(min=2), default=17, show_default=True,
               help="Trigger sequences scored per example (a default step: the current one and top_k=16 swaps).")
 @click.option("--examples", type=click.IntRange(min=1), default=32, show_default=True, help="Examples each is scored on.")
@@ -229,14 +230,22 @@ def bench(model: str | None, task_spec: str, candidates: int, examples: int, rou
     from autoprompt.task import load_task
 
     task = load_task(task_spec)
-    if not task.is_classification:
-        raise AutoPromptError(f"{task.name}: bench measures a classification task's trigger step (e.g. sst2)")
+    if not task.is_classification and not task.is_generation:
+        raise AutoPromptError(f"{task.name}: bench measures a classification task's trigger step (e.g. sst2) or a "
+                              "generation task's scoring and generation (e.g. country_codes)")
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     cfg = BenchConfig(candidates=candidates, examples=examples, rounds=rounds, naive=not no_naive, seed=seed)
-    result = run_bench(lm, task, cfg, progress=lambda msg: log.info("bench: %s", msg))
+    if task.is_generation:
+        from autoprompt.bench_generation import format_generation_table, run_generation_bench
+
+        result = run_generation_bench(lm, task, cfg)
+        table = format_generation_table(result)
+    else:
+        result = run_bench(lm, task, cfg, progress=lambda msg: log.info("bench: %s", msg))
+        table = format_table(result)
     if output:
         write_atomic(Path(output), json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+    click.echo(json.dumps(result, indent=2) if as_json else table)
 
 
 @click.command()
@@ -255,14 +264,15 @@ def tasks(copy_name: str | None, as_json: bool) -> None:
     rows = []
     for name in BUILTIN_TASKS:
         task = load_task(name)
-        rows.append({"name": name, "kind": "labels" if task.verbalizer else "free-form", "metric": task.metric,
+        kind = "labels" if task.verbalizer else "generation" if task.is_generation else "first word"
+        rows.append({"name": name, "kind": kind, "metric": task.metric,
                      "splits": {s: len(e) for s, e in task.splits.items()}, "description": task.description})
     if as_json:
         click.echo(json.dumps({"tasks": rows, "examples": examples}))
         return
     for row in rows:
         sizes = ", ".join(f"{s} {n}" for s, n in row["splits"].items())
-        click.echo(f"{row['name']:<11} {row['kind']:<9} {row['metric']:<11} {sizes:<32} {row['description']}")
+        click.echo(f"{row['name']:<16} {row['kind']:<10} {row['metric']:<11} {sizes:<32} {row['description']}")
     click.echo(f"example data files (autoprompt tasks --copy NAME): {', '.join(examples)}")
 
 

@@ -86,13 +86,16 @@ def task_options(f):
         click.option("--input", "inputs", multiple=True, help="A data file's input column (repeat for several; "
                      "default: every column but the label or answer)."),
         click.option("--label", default=None, help="A data file's label column: a classification task [default: label]."),
-        click.option("--answer", default=None, help="A data file's answer column instead: free-form answers."),
+        click.option("--answer", default=None, help="A data file's answer column instead: answers the model "
+                     "generates (extraction, normalisation, short answers)."),
         click.option("--template", default=None, help="The task's template (default: the task's own; for a data file "
                      "one 'Column: {column}' line per input, then 'Label:[P]')."),
         click.option("--verbalizer", default=None, help="A data file's label words: LABEL=WORD[|WORD],... "
                      "(default: each label is its own word)."),
-        click.option("--metric", type=click.Choice(["accuracy", "macro_f1", "precision@1"]), default=None,
-                     help="A data file's metric [default: accuracy; precision@1 for answers]."),
+        click.option("--metric", type=click.Choice(["accuracy", "macro_f1", "precision@1", "exact_match", "token_f1",
+                                                    "contains"]), default=None,
+                     help="A data file's metric [default: accuracy for labels; exact_match for generated answers; "
+                     "precision@1 judges only an answer's first token]."),
         click.option("--dev", "dev_file", default=None, help="A data file of dev examples (else split from TASK)."),
         click.option("--test", "test_file", default=None, help="A data file of test examples (else split from TASK)."),
         click.option("--fractions", "split_fractions", default=None,

@@ -37,12 +37,15 @@ def side(evaluation: Evaluation) -> dict[str, Any]:
     side: dict[str, Any] = {"predicted": list(evaluation.predictions)}
     if evaluation.target_ranks is not None:
         side["ranks"] = [int(r) for r in evaluation.target_ranks]
+    if evaluation.scores is not None:  # generated answers: each one's value of the task's metric
+        side["scores"] = [float(v) for v in evaluation.scores]
     return side
 
 
 def side_value(metric: str, gold: list[str], side: dict[str, Any], labels: list[str] | None = None) -> float:
     """The metric of one side of a split record (one prompt's answers), on all its examples."""
-    return metric_value(metric, gold, predicted=side.get("predicted"), ranks=side.get("ranks"), labels=labels)
+    return metric_value(metric, gold, predicted=side.get("predicted"), ranks=side.get("ranks"), labels=labels,
+                        scores=side.get("scores"))
 
 
 def read_predictions(run: Run) -> dict[str, Any] | None:

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from autoprompt.answers import JUDGES, answer_scores
 from autoprompt.errors import TemplateError
 from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
 from autoprompt.scoring.caches import Caches
+from autoprompt.scoring.generate import generate
 from autoprompt.scoring.prefix import PrefixCache
 from autoprompt.scoring.scores import score_labels, score_targets
 
@@ -29,12 +31,15 @@ class Evaluation:
     target_log_probs: np.ndarray | None = None  # [n_examples], free-form: log p(target)
     target_ranks: np.ndarray | None = None  # [n_examples], rank of the target's first token
     labels: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = None  # [n_examples], generated answers: each one's value of the metric
 
 
 def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
              prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None,
              progress: bool = False, caches: Caches | None = None) -> Evaluation:
     """Score a prompt on labelled examples: predictions and metrics."""
+    if prompt.generation is not None:
+        return _evaluate_generated(model, prompt, examples, metric, batch_tokens, progress, caches)
     if prompt.is_classification:
         for example in examples:
             if example.answer not in prompt.labels:
@@ -53,6 +58,24 @@ def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, m
     predicted = [model.tokenizer.decode([t]).strip() for t in top]
     metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
     return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
+
+
+def _evaluate_generated(model: LanguageModel, prompt: Prompt, examples: list[Example], metric: str,
+                        batch_tokens: int | None, progress: bool, caches: Caches | None) -> Evaluation:
+    """Generated answers, judged by every generation metric (and the task's own), and the gold answer's
+    log-likelihood beside them."""
+    settings = prompt.generation
+    predicted = generate(model, prompt, examples, caches=caches, batch_tokens=batch_tokens)
+    log_probs, _, _ = score_targets(model, prompt, examples, batch_tokens=batch_tokens, progress=progress,
+                                    caches=caches)
+    golds = [e.golds for e in examples]
+    per_example = {name: answer_scores(name, predicted, golds, settings.normalize) for name in JUDGES}
+    if settings.metric_fn is not None:
+        per_example[metric] = answer_scores(settings.metric_fn, predicted, golds)
+    metrics = {name: float(values.mean()) if len(values) else 0.0 for name, values in per_example.items()}
+    metrics["mean_target_log_prob"] = float(np.mean(log_probs)) if len(log_probs) else 0.0
+    scores = per_example.get(metric, per_example["exact_match"])
+    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, scores=scores)
 
 
 def _ordered(metrics: dict[str, float], first: str) -> dict[str, float]:

@@ -132,6 +132,7 @@ class Trials:
         metric, labels, gold = self.task.metric, self.task.labels, [e.answer for e in self.dev]
         predicted: list[str] = []
         ranks: list[int] = []
+        scores: list[float] | None = None  # generated answers: each one's value of the metric
         for start in range(0, len(self.dev), self.chunk):
             chunk = self.dev[start : start + self.chunk]
             try:
@@ -143,13 +144,16 @@ class Trials:
             predicted += ev.predictions
             if ev.target_ranks is not None:
                 ranks += [int(r) for r in ev.target_ranks]
+            if ev.scores is not None:
+                scores = (scores or []) + [float(v) for v in ev.scores]
             # the pruner sees the metric being optimized, on the dev examples scored so far
-            so_far = metric_value(metric, gold[: len(predicted)], predicted=predicted, ranks=ranks, labels=labels)
+            so_far = metric_value(metric, gold[: len(predicted)], predicted=predicted, ranks=ranks, labels=labels,
+                                  scores=scores)
             self._report(trial, ev, chunk, start, so_far)
             if trial.should_prune():
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 return {"state": "pruned", "examples": len(predicted), "dev_so_far": so_far}
-        value = metric_value(metric, gold, predicted=predicted, ranks=ranks, labels=labels)
+        value = metric_value(metric, gold, predicted=predicted, ranks=ranks, labels=labels, scores=scores)
         self.study.tell(trial, value)
         return {"state": "complete", "examples": len(predicted), "dev": value}
 
@@ -160,13 +164,16 @@ class Trials:
         values = _per_example(self.task.metric, ev, chunk)  # paired per example where the metric is a mean
         if values is None:  # else per chunk
             trial.report(metric_value(self.task.metric, [e.answer for e in chunk], predicted=ev.predictions,
-                                      ranks=ev.target_ranks, labels=self.task.labels), start + len(chunk) - 1)
+                                      ranks=ev.target_ranks, labels=self.task.labels, scores=ev.scores),
+                         start + len(chunk) - 1)
         for k, value in enumerate(values or []):
             trial.report(value, start + k)
 
 
 def _per_example(metric: str, ev: Evaluation, examples: list[Example]) -> list[float] | None:
     """Each example's share of a metric that is a mean over examples (None for macro-F1)."""
+    if ev.scores is not None:  # generated answers
+        return [float(v) for v in ev.scores]
     if metric == "accuracy":
         return [float(p == e.answer) for p, e in zip(ev.predictions, examples, strict=True)]
     if metric == "precision@1":

@@ -146,7 +146,8 @@ def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, b
     if base is not None:
         prompt = dataclasses.replace(base, model=model.ref, calibration=())
     else:
-        prompt = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref)
+        prompt = Prompt(template=template, verbalizer=task.verbalizer, fields=tuple(task.fields), model=model.ref,
+                        generation=task.generation)
     prompt = prompt.with_triggers(init * n_slots, [cfg.init_token] * n_slots)
     encode_examples(model, prompt, [task.examples(split)[0] for split in task.splits])
     return prompt
