@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
 from autoprompt.gradient import trigger_gradient
-from autoprompt.models import in_dtype
+from autoprompt.models import fast_twin
 from autoprompt.objective import Objective, objective_for
 from autoprompt.prompt import Prompt
-from autoprompt.runtime import has_fast_bf16
 from autoprompt.scoring import Caches, PrefixCache, encode_examples, evaluate, label_word_ids
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
 from autoprompt.searches.checkpoint import TriggerState, read_checkpoint, record, tuple_state
@@ -68,7 +67,7 @@ class TriggerSearchConfig:
     whole_words: bool = opt(False, "Only propose tokens that start a word (leading space).")
     slot_order: str = opt("cycle", "autoprompt mode: which slot each step changes.", choices=("cycle", "random"))
     rank_dtype: str = opt("auto", "Dtype of the gradient and the candidates' scores: auto is bf16 where the hardware "
-                           "runs it fast (a CPU with AVX512-BF16 or AMX) for an fp32 model, else the model's own. "
+                           "runs it fast (CUDA, a CPU with AVX512-BF16 or AMX) for an fp32 model, else the model's own. "
                            "The kept swap is confirmed, and dev scored, in the model's dtype.",
                            choices=("auto", "fp32", "bf16"))
 
@@ -126,11 +125,7 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
 
 def ranking_model(model: LanguageModel, cfg: TriggerSearchConfig) -> LanguageModel:
     """The model candidates are ranked with: a bf16 copy where bf16 is fast and asked for (or auto)."""
-    if cfg.rank_dtype == "fp32" or model.dtype != torch.float32:
-        return model
-    if cfg.rank_dtype == "bf16" or (model.device.type == "cpu" and has_fast_bf16(model.device)):
-        return in_dtype(model, torch.bfloat16)
-    return model
+    return fast_twin(model, cfg.rank_dtype)
 
 
 def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, base: Prompt | None = None) -> Prompt:
