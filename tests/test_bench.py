@@ -207,6 +207,31 @@ def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> Non
     assert ranker is not causal_lm and ranker.dtype == torch.bfloat16 and "_dtype_copies" not in vars(causal_lm)
 
 
+def test_bf16_ranking_encodes_the_demonstrations_once_per_dtype(causal_lm, monkeypatch) -> None:
+    """Ranking in bf16 and confirming in fp32 keep a head cache each: the demonstrations every
+    input starts with are encoded once per dtype for the whole search, not twice a step."""
+    from autoprompt.scoring import prefix
+    from autoprompt.searches import trigger as ts
+
+    encoded = []
+    real = type(causal_lm).prefix_cache
+    monkeypatch.setattr(type(causal_lm), "prefix_cache",
+                        lambda self, ids, *a, **k: encoded.append((self.dtype, ids.shape[1])) or real(self, ids, *a, **k))
+    task = toy_task()
+    base = Prompt("Review: {text} [T] [T]\nSentiment:[P]", VERBALIZER, fields=("text",),
+                  instruction="Say if the review is positive or negative.",
+                  demonstrations=tuple(task.examples("train")[:3]))
+    cfg = TriggerSearchConfig(steps=4, top_k=4, eval_batch=4, grad_batch=4, confirm_batch=4, dev_every=2,
+                              rank_dtype="bf16", n_triggers=2)
+    heads = []
+    real_head = prefix.head_cache
+    monkeypatch.setattr(prefix, "head_cache", lambda m, h, c=None: heads.append((m.dtype, len(h))) or real_head(m, h, c))
+    ts.trigger_search(causal_lm, task, cfg, progress=False, base=base)
+    assert heads and min(n for _, n in heads) >= 30  # instruction + three demonstrations
+    long_encodings = [dtype for dtype, n in encoded if n >= min(n for _, n in heads)]
+    assert sorted(long_encodings, key=str) == sorted([torch.bfloat16, torch.float32], key=str)
+
+
 def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, monkeypatch) -> None:
     """With an instruction and demonstrations every example starts with, that head's KV cache is
     computed once (kept on the model) and continued per example: candidate losses still equal
