@@ -6,11 +6,15 @@
    each example's prefix encoded once, the head only at [P] and only at the label rows):
    scorings/s, tokens/s, achieved GFLOP/s and its fraction of the ceiling, counting only the
    FLOPs that really need doing;
-3. the same scores computed the naive way, as the original AutoPrompt code does: one
-   candidate at a time, full sequences padded to the batch's longest, the full-vocabulary
-   head at every position, fp32; interleaved with the engine, in the same process with the
-   same settings (so the ratio is the algorithm's, not the allocator's), and the ratio;
-4. one trigger-search step split into gradient and candidate scoring.
+3. the same scores computed two other ways (bench_reference): nanoGCG's (per example, candidates
+   batched on Hugging Face's own prefix cache, logits at the last position) in each dtype the
+   engine runs, and the naive way of the original AutoPrompt code (fp32); interleaved with the
+   engine, in the same process with the same settings (so the ratio is the algorithm's, not the
+   allocator's), and the ratios;
+4. steps 2-3 in each dtype the machine runs fast: fp32 always, bf16 where the hardware has it
+   (each with its fraction of that dtype's ceiling);
+5. one trigger-search step split into gradient and candidate scoring, and a template-search
+   trial: dev examples scored per second with 0 and 8 demonstrations.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import torch.nn.functional as F
 
 from autoprompt.gradient import trigger_gradient
 from autoprompt.runtime import has_fast_bf16, tune_cpu, tuned
-from autoprompt.scoring import encode_examples, label_word_ids, pad_right, task_loss
+from autoprompt.bench_reference import nanogcg_candidate_losses, naive_candidate_losses
+from autoprompt.models import in_dtype
+from autoprompt.scoring import encode_examples, label_word_ids
 from autoprompt.searches.trigger import TriggerSearchConfig, allowed_tokens, candidate_losses, initial_prompt
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ class BenchConfig:
     rounds: int = 2  # engine/naive pairs, each on another trigger slot
     naive: bool = True
     gemm_rows: int = 2048
+    template_examples: int = 64  # dev examples a template trial row scores
     seed: int = 0
 
 
@@ -138,36 +145,6 @@ def stock_torch():
             libc.mallopt(-1, 1 << 30)
 
 
-# --- the naive reference -------------------------------------------------------------------
-
-def naive_candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray,
-                           loss_kind: str = "labels") -> np.ndarray:
-    """Candidate losses the way the original AutoPrompt scores them: for each candidate, the
-    full sequences of the batch (in its order, padded to its longest), the model's full output
-    (every position, the whole vocabulary), then the log-probs at [P]. [n_candidates]."""
-    encoded = encode_examples(model, prompt, examples)
-    ids, mask = pad_right([e.input_ids for e in encoded], model.pad_id, model.device)
-    slots_rows = torch.tensor([r for r, e in enumerate(encoded) for _ in e.trigger_positions])
-    slots_cols = torch.tensor([p for e in encoded for p in e.trigger_positions])
-    answer = torch.tensor([e.answer_position for e in encoded])
-    words = [[w[0] for w in ws] for ws in label_word_ids(model, prompt)]
-    gold = torch.tensor([prompt.labels.index(e.answer) for e in examples])
-    losses = []
-    with torch.no_grad():
-        for candidate in np.asarray(candidates):
-            batch = ids.clone()
-            batch[slots_rows, slots_cols] = torch.as_tensor(candidate, device=batch.device).repeat(len(encoded))
-            logits = model.hf_model(input_ids=batch, attention_mask=mask).logits  # [batch, seq, vocab]
-            log_probs = F.log_softmax(logits[torch.arange(len(encoded)), answer].float(), dim=-1).cpu()
-            scores = torch.stack([torch.logsumexp(log_probs[:, w], dim=1) for w in words], dim=1)
-            if prompt.calibration:
-                from autoprompt.scoring import calibrate
-
-                scores = torch.as_tensor(calibrate(scores.numpy(), prompt.calibration))
-            losses.append(task_loss(scores, gold, loss_kind).mean().item())
-    return np.asarray(losses)
-
-
 # --- the workload --------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -223,6 +200,16 @@ def run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=No
         return _run_bench(model, task, cfg, progress=progress)
 
 
+def bench_models(model: LanguageModel) -> dict[str, LanguageModel]:
+    """The dtypes the searches run on this machine, each with its model: the model's own, and a bf16
+    copy of an fp32 model where bf16 runs in hardware (what ``rank_dtype``/``trial_dtype`` auto use)."""
+    own = str(model.dtype).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16")
+    models = {own: model}
+    if model.dtype == torch.float32 and has_fast_bf16(model.device):
+        models["bf16"] = in_dtype(model, torch.bfloat16)
+    return models
+
+
 def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=None) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     device = model.device
@@ -236,42 +223,59 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
         "workload": {"task": task.name, "candidates": cfg.candidates, "examples": cfg.examples, "rounds": cfg.rounds},
     }
     ceiling = _ceilings(model, shapes, cfg, say)
-    usable = {k: v for k, v in ceiling.items() if k in ("fp32", "fp32_stock") or
-              (k == "bf16" and model.dtype == torch.bfloat16)}
     result["ceiling_gflops"] = {k: round(v, 3) for k, v in ceiling.items()}
-    best_ceiling = max(usable.values())
-    result["ceiling_used"] = max(usable, key=usable.get)
-
     works = workloads(model, task, cfg)
     counts = [workload_counts(model, shapes, w) for w in works]
-    engine_s, naive_s, max_diff = _engine_and_naive(model, works, cfg, say)
     scorings = sum(len(w.candidates) * len(w.examples) for w in works)
-    e_time, e_flops = sum(engine_s), sum(c["engine_flops"] for c in counts)
-    result["engine"] = {
+    result["dtypes"] = {}
+    for name, m in bench_models(model).items():
+        naive = cfg.naive and m.dtype == torch.float32
+        times = _interleaved(m, works, naive, say, name)
+        entry = _engine_entry(times["engine"], counts, scorings, ceiling.get(name) or ceiling["fp32"], works)
+        g_time = sum(times["nanogcg"])
+        entry["nanogcg"] = {"seconds": round(g_time, 3), "scorings_per_s": round(scorings / g_time, 1),
+                            "max_loss_difference": times["nanogcg_diff"]}
+        entry["vs_nanogcg"] = round(g_time / sum(times["engine"]), 2)
+        say(f"one trigger-search step ({name})")
+        entry["step"] = step_split(m, model, task, works[0], shapes)
+        say(f"a template-search trial ({name})")
+        entry["template"] = template_rows(m, task, cfg)
+        result["dtypes"][name] = entry
+        if naive:
+            _naive_entry(result, times, counts, scorings)
+    own = next(iter(result["dtypes"]))
+    result["engine"], result["step"] = result["dtypes"][own], result["dtypes"][own]["step"]
+    result["ceiling_used"] = own if own in ceiling else "fp32"
+    return result
+
+
+def _engine_entry(seconds: list[float], counts: list[dict], scorings: int, ceiling: float,
+                  works: list[Workload]) -> dict[str, Any]:
+    e_time, e_flops = sum(seconds), sum(c["engine_flops"] for c in counts)
+    return {
         "seconds": round(e_time, 3), "scorings_per_s": round(scorings / e_time, 1),
         "tokens_per_s": round(sum(c["engine_tokens"] for c in counts) / e_time, 1),
-        "gflops": round(e_flops / e_time / 1e9, 1), "fraction_of_ceiling": round(e_flops / e_time / 1e9 / best_ceiling, 3),
+        "gflops": round(e_flops / e_time / 1e9, 1), "fraction_of_ceiling": round(e_flops / e_time / 1e9 / ceiling, 3),
         "tokens": int(sum(c["engine_tokens"] for c in counts)), "tflop": round(e_flops / 1e12, 3),
         "mean_length": round(np.mean([c["mean_length"] for c in counts]), 1),
         "suffix_length": round(np.mean([c["suffix_length"] for c in counts]), 1),
         "slots": [w.slot for w in works],
     }
-    if cfg.naive:
-        n_time, n_flops = sum(naive_s), sum(c["naive_flops"] for c in counts)
-        result["naive"] = {
-            "seconds": round(n_time, 3), "scorings_per_s": round(scorings / n_time, 1),
-            "tokens_per_s": round(sum(c["naive_tokens"] for c in counts) / n_time, 1),
-            "gflops": round(n_flops / n_time / 1e9, 1), "tokens": int(sum(c["naive_tokens"] for c in counts)),
-            "tflop": round(n_flops / 1e12, 3),
-            "padded_length": round(np.mean([c["padded_length"] for c in counts]), 1),
-        }
-        result["speedup"] = round(n_time / e_time, 2)
-        result["flop_ratio"] = round(n_flops / e_flops, 2)
-        result["max_loss_difference"] = max_diff
 
-    say("one trigger-search step")
-    result["step"] = step_split(model, task, works[0], shapes)
-    return result
+
+def _naive_entry(result: dict[str, Any], times: dict[str, Any], counts: list[dict], scorings: int) -> None:
+    n_time, n_flops = sum(times["naive"]), sum(c["naive_flops"] for c in counts)
+    e_time, e_flops = sum(times["engine"]), sum(c["engine_flops"] for c in counts)
+    result["naive"] = {
+        "seconds": round(n_time, 3), "scorings_per_s": round(scorings / n_time, 1),
+        "tokens_per_s": round(sum(c["naive_tokens"] for c in counts) / n_time, 1),
+        "gflops": round(n_flops / n_time / 1e9, 1), "tokens": int(sum(c["naive_tokens"] for c in counts)),
+        "tflop": round(n_flops / 1e12, 3),
+        "padded_length": round(np.mean([c["padded_length"] for c in counts]), 1),
+    }
+    result["speedup"] = round(n_time / e_time, 2)
+    result["flop_ratio"] = round(n_flops / e_flops, 2)
+    result["max_loss_difference"] = times["naive_diff"]
 
 
 def _ceilings(model: LanguageModel, shapes: dict[str, Any], cfg: BenchConfig, say) -> dict[str, float]:
@@ -289,33 +293,43 @@ def _ceilings(model: LanguageModel, shapes: dict[str, Any], cfg: BenchConfig, sa
     return ceiling
 
 
-def _engine_and_naive(model: LanguageModel, works: list, cfg: BenchConfig, say):
-    """Seconds of the engine and of the naive reference per round (interleaved), and their largest loss difference."""
+def _interleaved(model: LanguageModel, works: list[Workload], naive: bool, say, name: str) -> dict[str, Any]:
+    """Seconds per round of the engine, nanoGCG's way and (``naive``) the naive way, interleaved, and
+    the largest loss difference of each reference from the engine."""
     device = model.device
-    candidate_losses(model, works[0].prompt, works[0].examples[:2], works[0].candidates[:2], "labels")  # warm-up
-    engine_s, naive_s, max_diff = [], [], 0.0
+    w0 = works[0]
+    candidate_losses(model, w0.prompt, w0.examples[:2], w0.candidates[:2], "labels")  # warm-up
+    nanogcg_candidate_losses(model, w0.prompt, w0.examples[:2], w0.candidates[:2])
+    out: dict[str, Any] = {"engine": [], "nanogcg": [], "naive": [], "nanogcg_diff": 0.0, "naive_diff": 0.0}
     for r, work in enumerate(works):
-        say(f"round {r + 1}/{len(works)}: engine (slot {work.slot})")
-        dt, engine_losses = _timed(lambda w=work: candidate_losses(model, w.prompt, w.examples, w.candidates, "labels"),
-                                   device)
-        engine_s.append(dt)
-        if cfg.naive:
-            say(f"round {r + 1}/{len(works)}: naive reference")
-            dt, naive_losses = _timed(lambda w=work: naive_candidate_losses(model, w.prompt, w.examples, w.candidates),
-                                      device)
-            naive_s.append(dt)
-            max_diff = max(max_diff, float(np.abs(engine_losses - naive_losses).max()))
-    return engine_s, naive_s, max_diff
+        args = (work.prompt, work.examples, work.candidates)
+        say(f"round {r + 1}/{len(works)} ({name}): engine (slot {work.slot})")
+        dt, engine_losses = _timed(lambda a=args: candidate_losses(model, *a, "labels"), device)
+        out["engine"].append(dt)
+        say(f"round {r + 1}/{len(works)} ({name}): nanoGCG's way")
+        dt, losses = _timed(lambda a=args: nanogcg_candidate_losses(model, *a), device)
+        out["nanogcg"].append(dt)
+        out["nanogcg_diff"] = max(out["nanogcg_diff"], float(np.abs(engine_losses - losses).max()))
+        if naive:
+            say(f"round {r + 1}/{len(works)} ({name}): naive reference")
+            dt, losses = _timed(lambda a=args: naive_candidate_losses(model, *a), device)
+            out["naive"].append(dt)
+            out["naive_diff"] = max(out["naive_diff"], float(np.abs(engine_losses - losses).max()))
+    return out
 
 
-def step_split(model: LanguageModel, task: Task, work: Workload, shapes: dict[str, Any]) -> dict[str, float]:
-    """Seconds of one default step: the gradient over grad_batch examples, then the candidates."""
+def step_split(ranker: LanguageModel, model: LanguageModel, task: Task, work: Workload,
+               shapes: dict[str, Any]) -> dict[str, float]:
+    """Seconds of one default step: the gradient over grad_batch examples and the candidates on
+    ``ranker``, then the confirmation of the best swap on ``model`` (the model's own dtype)."""
     cfg = TriggerSearchConfig()
     train = task.examples("train")
     grad_examples = random.Random(1).sample(train, min(cfg.grad_batch, len(train)))
     device = model.device
-    grad_s, _ = _timed(lambda: trigger_gradient(model, work.prompt, grad_examples, cfg.loss), device)
-    score_s, _ = _timed(lambda: candidate_losses(model, work.prompt, work.examples, work.candidates, cfg.loss), device)
+    trigger_gradient(ranker, work.prompt, grad_examples[:2], cfg.loss)  # warm-up (the bf16 copy's first pass)
+    grad_s, _ = _timed(lambda: trigger_gradient(ranker, work.prompt, grad_examples, cfg.loss), device)
+    score_s, _ = _timed(lambda: candidate_losses(ranker, work.prompt, work.examples, work.candidates, cfg.loss),
+                        device)
     confirm_s, _ = _timed(lambda: candidate_losses(model, work.prompt, work.examples, work.candidates[:2], cfg.loss),
                           device)
     encoded = encode_examples(model, work.prompt, grad_examples)
@@ -330,39 +344,28 @@ def step_split(model: LanguageModel, task: Task, work: Workload, shapes: dict[st
             "total_s": round(grad_s + score_s + confirm_s, 3)}
 
 
+def template_rows(model: LanguageModel, task: Task, cfg: BenchConfig) -> dict[str, float]:
+    """Dev examples a template-search trial scores per second: the task's template with 0 and with 8
+    train demonstrations (shown to every input: their KV cache is computed once per trial)."""
+    from dataclasses import replace
+
+    from autoprompt.prompt import Prompt
+    from autoprompt.scoring import Caches, evaluate
+
+    dev = task.examples("dev")
+    examples = random.Random(cfg.seed).sample(dev, min(cfg.template_examples, len(dev)))
+    train = task.examples("train")
+    demos = tuple(random.Random(cfg.seed + 1).sample(train, min(8, len(train))))
+    base = replace(Prompt.from_task(task), model=model.ref)
+    evaluate(model, base, examples[:2])  # warm-up
+    out = {}
+    for k, prompt in ((0, base), (len(demos), replace(base, demonstrations=demos))):
+        dt, _ = _timed(lambda p=prompt: evaluate(model, p, examples, metric=task.metric, caches=Caches()), model.device)
+        out[f"demos_{k}_per_s"] = round(len(examples) / dt, 1)
+    return out
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} cpu"
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The bench as a Markdown table (what README shows)."""
-    m, e = result["machine"], result["engine"]
-    ceiling = result["ceiling_gflops"]
-    lines = [f"device: {m['device']}, {m['threads']} threads, torch {m['torch']}, model {result['model']['name']} "
-             f"({result['model']['dtype']}); workload: {result['workload']['task']}, "
-             f"{result['workload']['candidates']} candidates x {result['workload']['examples']} examples "
-             f"x {result['workload']['rounds']} rounds (slots {e['slots']})", "",
-             "| measure | value |", "|---|---|"]
-    for k, v in ceiling.items():
-        label = {"fp32": "GEMM ceiling fp32 (as tuned)", "fp32_stock": "GEMM ceiling fp32 (torch stock)",
-                 "bf16": "GEMM ceiling bf16", "bf16_emulated": "GEMM bf16 (no bf16 hardware: emulated)"}[k]
-        lines.append(f"| {label} | {v:,.1f} GFLOP/s |")
-    lines += [f"| engine: candidate x example scorings | {e['scorings_per_s']:,.1f} /s |",
-              f"| engine: tokens computed | {e['tokens_per_s']:,.0f} /s (suffix {e['suffix_length']} of "
-              f"{e['mean_length']} tokens per sequence) |",
-              f"| engine: achieved | {e['gflops']:,.1f} GFLOP/s = {100 * e['fraction_of_ceiling']:.0f}% of the "
-              f"{result['ceiling_used']} ceiling |"]
-    if "naive" in result:
-        n = result["naive"]
-        lines += [f"| naive: candidate x example scorings | {n['scorings_per_s']:,.1f} /s |",
-                  f"| naive: tokens computed | {n['tokens_per_s']:,.0f} /s (padded to {n['padded_length']}) |",
-                  f"| naive: achieved | {n['gflops']:,.1f} GFLOP/s |",
-                  f"| **engine / naive** | **{result['speedup']:.1f}x** ({result['flop_ratio']:.1f}x fewer FLOPs) |",
-                  f"| largest loss difference, engine vs naive | {result['max_loss_difference']:.1e} |"]
-    s = result["step"]
-    lines += [f"| one trigger step: gradient | {s['gradient_s']:.2f} s ({s['gradient_gflops']:.0f} GFLOP/s) |",
-              f"| one trigger step: candidates + confirm | {s['candidates_s']:.2f} s + {s['confirm_s']:.2f} s |",
-              f"| one trigger step: total | {s['total_s']:.2f} s |"]
-    return "\n".join(lines)

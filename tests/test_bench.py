@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from autoprompt import bench
+from autoprompt import bench, bench_reference, bench_table
 from autoprompt.cli import main
 from autoprompt.models import CPU_BATCH_TOKENS
 from autoprompt.prompt import Prompt
@@ -44,9 +44,22 @@ def test_engine_equals_the_naive_reference_in_fp32(causal_lm, loss) -> None:
     losses equal full-sequence, full-vocabulary, one-candidate-at-a-time ones."""
     prompt, examples, candidates = step_workload(causal_lm, toy_task())
     engine = candidate_losses(causal_lm, prompt, examples, candidates, loss)
-    naive = bench.naive_candidate_losses(causal_lm, prompt, examples, candidates, loss)
+    naive = bench_reference.naive_candidate_losses(causal_lm, prompt, examples, candidates, loss)
     np.testing.assert_allclose(engine, naive, atol=1e-5, rtol=0)
     assert len(set(np.round(naive, 6))) > 1  # the candidates really differ, so equality means something
+    nanogcg = bench_reference.nanogcg_candidate_losses(causal_lm, prompt, examples, candidates, loss)
+    np.testing.assert_allclose(nanogcg, naive, atol=1e-5, rtol=0)  # the second reference computes the same
+
+
+def test_nanogcg_way_with_calibration_and_demonstrations(causal_lm) -> None:
+    """nanoGCG's way (per example, Hugging Face's prefix cache expanded to the candidates) equals the
+    naive losses with a calibrated prompt whose demonstrations come before the triggers."""
+    task = toy_task()
+    prompt, examples, candidates = step_workload(causal_lm, task)
+    prompt = dataclasses.replace(prompt, calibration=(0.3, -0.3), demonstrations=tuple(task.examples("train")[:2]))
+    naive = bench_reference.naive_candidate_losses(causal_lm, prompt, examples, candidates)
+    np.testing.assert_allclose(bench_reference.nanogcg_candidate_losses(causal_lm, prompt, examples, candidates),
+                               naive, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("verbalizer", [VERBALIZER, {"negative": ["negative", "bad"], "positive": ["positive", "good"]},
@@ -133,8 +146,13 @@ def test_run_bench_measures_and_agrees(causal_lm) -> None:
     assert 0 < result["engine"]["fraction_of_ceiling"]
     assert result["step"]["total_s"] == pytest.approx(
         result["step"]["gradient_s"] + result["step"]["candidates_s"] + result["step"]["confirm_s"], abs=2e-3)
-    table = bench.format_table(result)
+    fp32 = result["dtypes"]["fp32"]
+    assert fp32["nanogcg"]["max_loss_difference"] < 1e-4 and fp32["vs_nanogcg"] > 0
+    assert fp32["template"]["demos_0_per_s"] > 0 and fp32["template"]["demos_8_per_s"] > 0
+    assert set(result["dtypes"]) == ({"fp32", "bf16"} if has_fast_bf16(causal_lm.device) else {"fp32"})
+    table = bench_table.format_table(result)
     assert "engine / naive" in table and f"{result['speedup']:.1f}x" in table
+    assert "engine / nanoGCG's way" in table and f"{fp32['vs_nanogcg']:.2f}x" in table
 
 
 def test_bench_cli_json(tiny_causal_dir, tmp_path) -> None:
@@ -189,6 +207,31 @@ def test_bf16_ranking_confirms_in_the_model_dtype(causal_lm, monkeypatch) -> Non
     assert ranker is not causal_lm and ranker.dtype == torch.bfloat16 and "_dtype_copies" not in vars(causal_lm)
 
 
+def test_bf16_ranking_encodes_the_demonstrations_once_per_dtype(causal_lm, monkeypatch) -> None:
+    """Ranking in bf16 and confirming in fp32 keep a head cache each: the demonstrations every
+    input starts with are encoded once per dtype for the whole search, not twice a step."""
+    from autoprompt.scoring import prefix
+    from autoprompt.searches import trigger as ts
+
+    encoded = []
+    real = type(causal_lm).prefix_cache
+    monkeypatch.setattr(type(causal_lm), "prefix_cache",
+                        lambda self, ids, *a, **k: encoded.append((self.dtype, ids.shape[1])) or real(self, ids, *a, **k))
+    task = toy_task()
+    base = Prompt("Review: {text} [T] [T]\nSentiment:[P]", VERBALIZER, fields=("text",),
+                  instruction="Say if the review is positive or negative.",
+                  demonstrations=tuple(task.examples("train")[:3]))
+    cfg = TriggerSearchConfig(steps=4, top_k=4, eval_batch=4, grad_batch=4, confirm_batch=4, dev_every=2,
+                              rank_dtype="bf16", n_triggers=2)
+    heads = []
+    real_head = prefix.head_cache
+    monkeypatch.setattr(prefix, "head_cache", lambda m, h, c=None: heads.append((m.dtype, len(h))) or real_head(m, h, c))
+    ts.trigger_search(causal_lm, task, cfg, progress=False, base=base)
+    assert heads and min(n for _, n in heads) >= 30  # instruction + three demonstrations
+    long_encodings = [dtype for dtype, n in encoded if n >= min(n for _, n in heads)]
+    assert sorted(long_encodings, key=str) == sorted([torch.bfloat16, torch.float32], key=str)
+
+
 def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, monkeypatch) -> None:
     """With an instruction and demonstrations every example starts with, that head's KV cache is
     computed once (kept on the model) and continued per example: candidate losses still equal
@@ -207,7 +250,7 @@ def test_shared_demonstrations_are_encoded_once_and_change_nothing(causal_lm, mo
     monkeypatch.setattr(scoring.prefix, "head_cache", lambda m, h, c=None: heads.append(len(h)) or real(m, h, c))
     engine = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
     assert heads and heads[0] >= 20  # instruction + two demonstrations
-    np.testing.assert_allclose(engine, bench.naive_candidate_losses(causal_lm, prompt, examples, candidates), atol=1e-5)
+    np.testing.assert_allclose(engine, bench_reference.naive_candidate_losses(causal_lm, prompt, examples, candidates), atol=1e-5)
     with_head = trigger_gradient(causal_lm, prompt, examples, "labels")
     monkeypatch.setattr(scoring, "COMMON_PREFIX_MIN", 10_000)
     monkeypatch.setattr(scoring.common_head, "__defaults__", (10_000,))

@@ -51,7 +51,8 @@ def space_file(tmp_path: Path) -> Path:
 
 
 def config(tmp_path: Path, **changes) -> TemplateSearchConfig:
-    settings = dict(space=str(space_file(tmp_path)), trials=8, pruner="none", trial_dev=0, chunk=10, rescore_top=2)
+    settings = dict(space=str(space_file(tmp_path)), trials=8, pruner="none", trial_dev=0, chunk=10, rescore_top=2,
+                    trial_dtype="fp32")  # the same trials on every machine (bf16: its own test)
     return TemplateSearchConfig(**(settings | changes))
 
 
@@ -76,6 +77,26 @@ def test_template_search_runs_its_budget_with_the_manual_prompt_first(causal_lm,
     saved = read_prompt_file(result.prompt_file)
     assert saved.search["method"] == "template" and saved.search["trials"]["failed"] == 0
     assert json.loads((result.run_dir / "result.json").read_text())["state"] == "finished"
+
+
+def test_bf16_trials_and_the_winner_in_the_model_dtype(causal_lm, tmp_path, monkeypatch):
+    """trial_dtype=bf16: every trial is scored on a bf16 copy; the best trials are re-scored, and the
+    run's metrics computed, on the fp32 model itself."""
+    import torch
+
+    seen = {"trial": set(), "rescore": set()}
+    real = evaluate
+    monkeypatch.setattr(trials_module, "evaluate", lambda m, *a, **k: seen["trial"].add(m.dtype) or real(m, *a, **k))
+    monkeypatch.setattr(tsm, "evaluate", lambda m, *a, **k: seen["rescore"].add(m.dtype) or real(m, *a, **k))
+    task = word_task()
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
+                      config=config(tmp_path, trial_dtype="bf16", trial_dev=20, rescore_top=2), progress=False)
+    assert seen == {"trial": {torch.bfloat16}, "rescore": {torch.float32}}
+    assert causal_lm.dtype == torch.float32
+    winner = read_prompt_file(result.prompt_file).prompt
+    dev = evaluate(causal_lm, winner, task.examples("dev")).metrics["accuracy"]
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(dev, abs=1e-12)  # reported in fp32
+    assert tsm.fast_twin(causal_lm, "fp32") is causal_lm
 
 
 def test_same_seed_same_study(causal_lm, tmp_path):

@@ -224,7 +224,8 @@ def dashboard(run: str, host: str, port: int) -> None:
 def bench(model: str | None, task_spec: str, candidates: int, examples: int, rounds: int, no_naive: bool, seed: int,
           as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
-    from autoprompt.bench import BenchConfig, format_table, run_bench
+    from autoprompt.bench import BenchConfig, run_bench
+    from autoprompt.bench_table import format_table
     from autoprompt.files import write_atomic
     from autoprompt.models import DEFAULT_MODEL, load_model
     from autoprompt.task import load_task

@@ -3,7 +3,7 @@ and in what precision (``device``), and the prefix attention (``attention``)."""
 
 from __future__ import annotations
 
-from autoprompt.models.base import CausalLM, LanguageModel, MaskedLM, in_dtype, tokenizer_fingerprint
+from autoprompt.models.base import CausalLM, LanguageModel, MaskedLM, fast_twin, in_dtype, tokenizer_fingerprint
 from autoprompt.models.device import CPU_BATCH_TOKENS, MIN_BATCH_TOKENS, estimate_params, pick_device, pick_dtype
 from autoprompt.models.loading import (
     BUILTIN_MODELS,
@@ -16,6 +16,6 @@ from autoprompt.models.loading import (
 
 __all__ = [
     "BUILTIN_MODELS", "CPU_BATCH_TOKENS", "DEFAULT_MODEL", "MIN_BATCH_TOKENS", "CausalLM", "LanguageModel",
-    "MaskedLM", "cache_dir", "estimate_params", "in_dtype", "load_model", "load_tokenizer", "model_status",
+    "MaskedLM", "cache_dir", "estimate_params", "fast_twin", "in_dtype", "load_model", "load_tokenizer", "model_status",
     "pick_device", "pick_dtype", "tokenizer_fingerprint",
 ]

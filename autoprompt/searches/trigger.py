@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 from autoprompt.budget import Budget
 from autoprompt.errors import AutoPromptError
 from autoprompt.gradient import trigger_gradient
-from autoprompt.models import in_dtype
+from autoprompt.models import fast_twin
 from autoprompt.objective import Objective, objective_for
 from autoprompt.prompt import Prompt
-from autoprompt.runtime import has_fast_bf16
 from autoprompt.scoring import Caches, PrefixCache, encode_examples, evaluate, label_word_ids
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
 from autoprompt.searches.checkpoint import TriggerState, read_checkpoint, record, tuple_state
@@ -126,11 +125,7 @@ def candidate_losses(model: LanguageModel, prompt: Prompt, examples: list[Exampl
 
 def ranking_model(model: LanguageModel, cfg: TriggerSearchConfig) -> LanguageModel:
     """The model candidates are ranked with: a bf16 copy where bf16 is fast and asked for (or auto)."""
-    if cfg.rank_dtype == "fp32" or model.dtype != torch.float32:
-        return model
-    if cfg.rank_dtype == "bf16" or (model.device.type == "cpu" and has_fast_bf16(model.device)):
-        return in_dtype(model, torch.bfloat16)
-    return model
+    return fast_twin(model, cfg.rank_dtype)
 
 
 def initial_prompt(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, base: Prompt | None = None) -> Prompt:
@@ -177,6 +172,9 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     caches = Caches()  # the demonstrations' KV cache and the like, kept for the whole search
     dev_cache = PrefixCache.for_examples(model, prompt, dev, caches)  # dev is scored every few steps
     ranker = ranking_model(model, cfg)
+    # the ranker keeps caches of its own: one shared Caches would swap the demonstrations' KV cache
+    # between the two dtypes every step, encoding them twice a step
+    rank_caches = Caches() if ranker is not model else caches
     if ranker is not model:
         log.info("ranking candidates in %s; confirming and scoring dev in %s", ranker.dtype, model.dtype)
     if state.step == 0:  # the baseline is step 0: the initial triggers on dev
@@ -187,7 +185,7 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
             log.info("time budget: stopping after %d steps (%s)", state.step, budget.describe())
             break
         t0 = time.perf_counter()
-        event = _step(model, prompt, state, cfg, rng, train, allowed, ranker, caches)
+        event = _step(model, prompt, state, cfg, rng, train, allowed, ranker, caches, rank_caches)
         prompt = with_ids(model, base, state.trigger_ids)
         if state.step % cfg.dev_every == 0 or state.step == cfg.steps:
             event["dev"] = _check_dev(model, prompt, state, dev, task.metric, dev_cache, budget, caches)
@@ -207,21 +205,23 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
 
 def _step(model: LanguageModel, prompt: Prompt, state: TriggerState, cfg: TriggerSearchConfig, rng: random.Random,
           train: list[Example], allowed: torch.Tensor, ranker: LanguageModel | None = None,
-          caches: Caches | None = None) -> dict[str, Any]:
+          caches: Caches | None = None, rank_caches: Caches | None = None) -> dict[str, Any]:
     """One search step: gradient, candidates, their real scores, keep the best if it helps.
-    ``ranker`` (default: the model) computes the gradient and the candidates' scores."""
+    ``ranker`` (default: the model) computes the gradient and the candidates' scores (with
+    ``rank_caches``; default ``caches``)."""
     ranker = ranker or model
+    rank_caches = rank_caches if rank_caches is not None else caches
     n_slots = len(state.trigger_ids)
     objective = objective_for(prompt, cfg.loss)
     grads = torch.zeros(n_slots, model.vocab_size, device=model.device)
     for _ in range(cfg.grad_accumulation):  # each batch's graph is freed before the next
         grads += trigger_gradient(ranker, prompt, rng.sample(train, min(cfg.grad_batch, len(train))), objective,
-                                  caches=caches)
+                                  caches=rank_caches)
     grads[:, ~allowed] = float("-inf")
     candidates = propose(grads, state.trigger_ids, cfg, state.step, rng)
     eval_examples = rng.sample(train, min(cfg.eval_batch, len(train)))
     everyone = np.vstack([np.asarray([state.trigger_ids]), candidates])  # the current prompt is row 0
-    losses = candidate_losses(ranker, prompt, eval_examples, everyone, objective, caches=caches)
+    losses = candidate_losses(ranker, prompt, eval_examples, everyone, objective, caches=rank_caches)
     best = int(np.argmin(losses[1:])) + 1
     accepted = bool(losses[best] < losses[0])
     if accepted and cfg.confirm_batch:  # the best of many on one batch is biased low: check it on fresh data
