@@ -89,16 +89,20 @@ class FirstTokenObjective(Objective):
 
 
 class TargetObjective(Objective):
-    """Generated answers: -log p(the whole gold answer), teacher-forced (GCG's objective, over many examples)."""
+    """Generated answers: -log p(the whole gold answer, then the token that ends it), teacher-forced
+    (GCG's objective, over many examples). The end token makes the likelihood agree with what the
+    answer is judged by: a prompt after which the model says the answer and goes on talking
+    fails exact match, and without it would score as well as one after which it stops."""
 
     def answers(self, model, prompt, examples):
-        return [[target] for target in target_ids(model, prompt, examples)]
+        return [[target] for target in target_ids(model, prompt, examples, end=True)]
 
     def loss(self, prompt, examples, answer_log_probs):
         return -answer_log_probs[:, 0]
 
     def candidate_losses(self, model, prompt, examples, candidates, caches=None):
-        log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches)  # [C * n]
+        log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches,
+                                        end=True)  # [C * n]
         return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
 
 

@@ -5,6 +5,7 @@ and a generation task end to end (both searches, its prompt file, predict, the C
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,10 @@ def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm) -
     one_hot[torch.arange(2), torch.tensor([30, 31])] = 1
     one_hot.requires_grad_(True)
     total = 0
-    for enc, target in zip(encode_examples(causal_lm, prompt, examples), target_ids(causal_lm, prompt, examples),
-                           strict=True):
+    newline = causal_lm.tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    for enc, target in zip(encode_examples(causal_lm, prompt, examples),
+                           target_ids(causal_lm, prompt, examples, end=True), strict=True):
+        assert target[-1] == newline  # the objective: the answer, then the end of the answer
         embeds = embedding[torch.tensor(list(enc.input_ids) + target)].clone()
         for slot, position in enumerate(enc.trigger_positions):
             embeds[position] = one_hot[slot] @ embedding
@@ -99,6 +102,29 @@ def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm) -
     (total / len(examples)).backward()
     got = trigger_gradient(causal_lm, prompt, examples, objective)
     torch.testing.assert_close(got, -one_hot.grad, rtol=0, atol=1e-4 * float(one_hot.grad.abs().max()))
+    # the candidates' losses are the same objective: -log p(answer, end) by a plain forward
+    candidates = np.array([[30, 31], [40, 41]])
+    losses = objective.candidate_losses(causal_lm, prompt, examples, candidates)
+    for row, ids in enumerate(candidates):
+        swapped = prompt.with_triggers(list(ids), ["x", "y"])
+        plain = []
+        for enc, target in zip(encode_examples(causal_lm, swapped, examples),
+                               target_ids(causal_lm, swapped, examples, end=True), strict=True):
+            lp = torch.log_softmax(causal_lm.hf_model(torch.tensor([list(enc.input_ids) + target])).logits[0].float(), -1)
+            plain.append(-sum(lp[enc.answer_position + k, t].item() for k, t in enumerate(target)))
+        assert losses[row] == pytest.approx(np.mean(plain), abs=1e-4)
+
+
+def test_the_end_of_an_answer_is_a_newline_or_the_chat_turns_end(causal_lm) -> None:
+    from autoprompt.scoring.encode import end_of_answer
+
+    prompt = Prompt.from_task(code_task())
+    assert causal_lm.tokenizer.decode(end_of_answer(causal_lm, prompt)) == "\n"
+    if causal_lm.tokenizer.eos_token_id is not None:
+        assert end_of_answer(causal_lm, replace(prompt, chat=True)) == [causal_lm.tokenizer.eos_token_id]
+    examples = code_task().examples("dev")
+    plain, ended = target_ids(causal_lm, prompt, examples), target_ids(causal_lm, prompt, examples, end=True)
+    assert plain and all(b == a + end_of_answer(causal_lm, prompt) for a, b in zip(plain, ended, strict=True))
 
 
 # --- the metrics ----------------------------------------------------------------------------------

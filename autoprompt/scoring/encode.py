@@ -63,16 +63,29 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
     return ids
 
 
-def target_ids(model: LanguageModel, prompt: Prompt, examples: list[Example]) -> list[list[int]]:
-    """Token ids of each example's free-form target as the answer at [P] (a masked LM: its first)."""
+def target_ids(model: LanguageModel, prompt: Prompt, examples: list[Example], *, end: bool = False) -> list[list[int]]:
+    """Token ids of each example's free-form target as the answer at [P] (a masked LM: its first).
+    ``end``: followed by the token that ends a generated answer (a causal LM's newline; in a chat
+    prompt its end-of-turn token), so a likelihood objective also rewards stopping where the answer ends."""
     template = render_template(model, prompt)
+    stop = end_of_answer(model, prompt) if end and model.is_causal else []
     targets = []
     for example in examples:
         target = model.renderer.answer_ids(example.answer or "", template)
         if not target:
             raise TemplateError(f"{example.source}: empty target")
+        target = target + stop
         if model.max_length is not None and len(target) >= model.max_length:
             raise InputTooLong(f"{example.source}: the answer is {len(target)} tokens; the model reads at most "
                                f"{model.max_length} with its prompt")
         targets.append(target if model.is_causal else target[:1])  # a masked LM fills one slot
     return targets
+
+
+def end_of_answer(model: LanguageModel, prompt: Prompt) -> list[int]:
+    """The token a generated answer ends with: the end of the assistant's turn in a chat prompt (where
+    the tokenizer has one), else a newline."""
+    eos = model.tokenizer.eos_token_id
+    if prompt.chat and eos is not None:
+        return [eos]
+    return model.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]

@@ -91,13 +91,14 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
 def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                   candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
                   batch_tokens: int | None = None, progress: bool = False, caches: Caches | None = None,
-                  first_token: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  first_token: bool = False, end: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Free-form answers: log p(target) [n], rank of its first token at [P] [n], top-1 token id [n].
-    (``first_token``: log p of the target's first token only.)
+    (``first_token``: log p of the target's first token only; ``end``: of the target and the token
+    that ends it, see ``target_ids``.)
 
     With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
     encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache, caches)
-    targets = [t[:1] if first_token else t for t in target_ids(model, prompt, examples)]
+    targets = [t[:1] if first_token else t for t in target_ids(model, prompt, examples, end=end)]
     queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches)
     for i, enc in enumerate(encoded):
         queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
