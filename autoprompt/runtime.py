@@ -6,7 +6,7 @@ activation buffer to the OS costs page faults on each forward; oneDNN's fp32 GEM
 2-core Intel Xeon with AVX512-BF16 (no AMX) it is the other way round (MKL 224 against oneDNN 182
 GFLOP/s), and bf16 is *slower* than fp32 (147 GFLOP/s), although the CPU has bf16 instructions;
 on AMX and Zen 5 bf16 is 2-7x faster. So the flags only say what may be fast: a short GEMM probe
-at the model's layer shapes (about 0.5 s, once per process) decides.
+at the model's layer shapes, a small and a full batch (well under a second, once per process), decides.
 
 Nothing changes on import or on loading a model. The first time autoprompt scores on the CPU
 (``tuned``), glibc's malloc is told to keep freed buffers (process-wide, for the rest of the
@@ -63,11 +63,12 @@ def tune_cpu() -> dict[str, object]:
 # flipping the choice, and with it the results, between two runs on one machine)
 ONEDNN_MARGIN = 1.15
 BF16_MARGIN = 1.5
-_PROBE_SHAPE = (512, 576, 1536)  # rows x in x out: a batch through SmolLM2-135M's MLP
+_PROBE_SHAPES = ((64, 576, 1536), (512, 576, 1536))  # rows x in x out: SmolLM2-135M's MLP, a small and a full batch
 
 
-def _gemm_gflops(dtype: torch.dtype, precision: str, seconds: float = 0.1) -> float:
-    rows, inner, outer = _PROBE_SHAPE
+def _gemm_seconds(dtype: torch.dtype, precision: str, shape: tuple[int, int, int], reps: int = 5) -> float:
+    """Seconds of one [rows, in] @ [in, out] product, the best of ``reps`` (after a warm-up)."""
+    rows, inner, outer = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inner, generator=gen).to(dtype)
     w = torch.randn(outer, inner, generator=gen).to(dtype)
@@ -75,14 +76,26 @@ def _gemm_gflops(dtype: torch.dtype, precision: str, seconds: float = 0.1) -> fl
     try:
         torch.set_float32_matmul_precision(precision)
         torch.nn.functional.linear(x, w)  # warm-up
-        reps, start = 0, time.perf_counter()
-        while reps < 3 or time.perf_counter() - start < seconds:
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
             torch.nn.functional.linear(x, w)
-            reps += 1
-        elapsed = time.perf_counter() - start
+            best = min(best, time.perf_counter() - start)
     finally:
         torch.set_float32_matmul_precision(previous)
-    return 2 * rows * inner * outer * reps / elapsed / 1e9
+    return best
+
+
+def _gemm_gflops(paths: dict[str, tuple[torch.dtype, str]], rounds: int = 3) -> dict[str, float]:
+    """GFLOP/s of each path over the probe shapes (their FLOPs over their summed best times), the paths
+    measured in alternation so that other work on the CPU slows them alike."""
+    best = {name: [float("inf")] * len(_PROBE_SHAPES) for name in paths}
+    for _ in range(rounds):
+        for name, (dtype, precision) in paths.items():
+            for i, shape in enumerate(_PROBE_SHAPES):
+                best[name][i] = min(best[name][i], _gemm_seconds(dtype, precision, shape))
+    flops = sum(2 * r * i * o for r, i, o in _PROBE_SHAPES)
+    return {name: flops / sum(times) / 1e9 for name, times in best.items()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,9 +103,12 @@ def cpu_gemm_speeds() -> dict[str, float]:
     """GFLOP/s of this CPU's GEMM paths at the probe shape, measured once per process: fp32 through
     MKL and through oneDNN, and bf16 where the CPU has bf16 instructions (0 where it has none: torch
     emulates it, ~100x slower, not worth measuring)."""
-    speeds = {"fp32_mkl": _gemm_gflops(torch.float32, "highest"),
-              "fp32_onednn": _gemm_gflops(torch.float32, "medium") if onednn_fp32_is_exact() else 0.0,
-              "bf16": _gemm_gflops(torch.bfloat16, "highest") if has_bf16_units(torch.device("cpu")) else 0.0}
+    paths = {"fp32_mkl": (torch.float32, "highest")}
+    if onednn_fp32_is_exact():
+        paths["fp32_onednn"] = (torch.float32, "medium")
+    if has_bf16_units(torch.device("cpu")):
+        paths["bf16"] = (torch.bfloat16, "highest")
+    speeds = {"fp32_onednn": 0.0, "bf16": 0.0, **_gemm_gflops(paths)}
     log.debug("cpu gemm probe (GFLOP/s): %s", speeds)
     return speeds
 
