@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt.bench_reference import naive_candidate_losses, nanogcg_candidate_losses
 from autoprompt.gradient import trigger_gradient
-from autoprompt.runtime import cpu_gemm_speeds, has_bf16_units, has_fast_bf16, tune_cpu, tuned
-from autoprompt.bench_reference import nanogcg_candidate_losses, naive_candidate_losses
 from autoprompt.models import in_dtype
+from autoprompt.runtime import cpu_gemm_speeds, has_bf16_units, has_fast_bf16, tune_cpu, tuned
 from autoprompt.scoring import encode_examples, label_word_ids
 from autoprompt.searches.trigger import TriggerSearchConfig, allowed_tokens, candidate_losses, initial_prompt
 
