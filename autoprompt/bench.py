@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoprompt.bench_reference import naive_candidate_losses, nanogcg_candidate_losses
 from autoprompt.gradient import trigger_gradient
-from autoprompt.runtime import has_fast_bf16, tune_cpu, tuned
-from autoprompt.bench_reference import nanogcg_candidate_losses, naive_candidate_losses
 from autoprompt.models import in_dtype
+from autoprompt.runtime import cpu_gemm_speeds, has_bf16_units, has_fast_bf16, tune_cpu, tuned
 from autoprompt.scoring import encode_examples, label_word_ids
 from autoprompt.searches.trigger import TriggerSearchConfig, allowed_tokens, candidate_losses, initial_prompt
 
@@ -55,6 +55,7 @@ class BenchConfig:
     naive: bool = True
     gemm_rows: int = 2048
     template_examples: int = 64  # dev examples a template trial row scores
+    all_dtypes: bool = False  # bf16 too where the CPU has bf16 units but the probe found it no faster
     seed: int = 0
 
 
@@ -200,12 +201,14 @@ def run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=No
         return _run_bench(model, task, cfg, progress=progress)
 
 
-def bench_models(model: LanguageModel) -> dict[str, LanguageModel]:
+def bench_models(model: LanguageModel, all_dtypes: bool = False) -> dict[str, LanguageModel]:
     """The dtypes the searches run on this machine, each with its model: the model's own, and a bf16
-    copy of an fp32 model where bf16 runs in hardware (what ``rank_dtype``/``trial_dtype`` auto use)."""
+    copy of an fp32 model where bf16 is fast (what ``rank_dtype``/``trial_dtype`` auto use; with
+    ``all_dtypes`` wherever the hardware has bf16 units)."""
     own = str(model.dtype).replace("torch.", "").replace("float32", "fp32").replace("bfloat16", "bf16")
     models = {own: model}
-    if model.dtype == torch.float32 and has_fast_bf16(model.device):
+    fast = has_bf16_units(model.device) if all_dtypes else has_fast_bf16(model.device)
+    if model.dtype == torch.float32 and fast:
         models["bf16"] = in_dtype(model, torch.bfloat16)
     return models
 
@@ -217,7 +220,8 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
     tuned = tune_cpu() if device.type == "cpu" else {}
     result: dict[str, Any] = {
         "machine": {"device": _device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "tuning": tuned, "fast_bf16": has_fast_bf16(device)},
+                    "tuning": tuned, "fast_bf16": has_fast_bf16(device),
+                    **({"gemm_probe": cpu_gemm_speeds()} if device.type == "cpu" else {})},
         "model": {"name": model.name, "dtype": str(model.dtype).replace("torch.", ""), **{
             k: shapes[k] for k in ("layers", "hidden", "vocab")}, "linear_params": shapes["linear_params"]},
         "workload": {"task": task.name, "candidates": cfg.candidates, "examples": cfg.examples, "rounds": cfg.rounds},
@@ -228,7 +232,7 @@ def _run_bench(model: LanguageModel, task: Task, cfg: BenchConfig, *, progress=N
     counts = [workload_counts(model, shapes, w) for w in works]
     scorings = sum(len(w.candidates) * len(w.examples) for w in works)
     result["dtypes"] = {}
-    for name, m in bench_models(model).items():
+    for name, m in bench_models(model, cfg.all_dtypes).items():
         naive = cfg.naive and m.dtype == torch.float32
         times = _interleaved(m, works, naive, say, name)
         entry = _engine_entry(times["engine"], counts, scorings, ceiling.get(name) or ceiling["fp32"], works)
@@ -286,7 +290,7 @@ def _ceilings(model: LanguageModel, shapes: dict[str, Any], cfg: BenchConfig, sa
     if device.type == "cpu":
         with stock_torch():
             ceiling["fp32_stock"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.float32)
-    if has_fast_bf16(device):
+    if has_bf16_units(device):  # measured even where it is not faster than fp32 (then the searches keep fp32)
         ceiling["bf16"] = gemm_ceiling(model, shapes, cfg.gemm_rows, torch.bfloat16)
     else:  # emulated: measured small, to show why it is not used
         ceiling["bf16_emulated"] = gemm_ceiling(model, shapes, 64, torch.bfloat16, seconds=0.2)

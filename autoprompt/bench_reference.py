@@ -73,7 +73,7 @@ def nanogcg_candidate_losses(model: LanguageModel, prompt: Prompt, examples: lis
     n = len(cand)
     total = torch.zeros(n)
     with torch.no_grad():
-        for enc, example in zip(encoded, examples):
+        for enc, example in zip(encoded, examples, strict=True):
             first = enc.trigger_positions[0]
             ids = torch.as_tensor(enc.input_ids[: enc.answer_position + 1], device=model.device)
             prefix = model.prefix_cache(ids[None, :first], torch.ones_like(ids[None, :first]))  # HF's own cache

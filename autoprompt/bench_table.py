@@ -45,5 +45,6 @@ def format_table(result: dict[str, Any]) -> str:
     row("one trigger step: total", lambda e, n: f"{e['step']['total_s']:.2f} s")
     row("template trial, 0 demonstrations", lambda e, n: f"{e['template']['demos_0_per_s']:,.1f} dev examples/s")
     demos = next(k for k in next(iter(dtypes.values()))["template"] if k != "demos_0_per_s")
-    row(f"template trial, {demos.split('_')[1]} demonstrations", lambda e, n: f"{e['template'][demos]:,.1f} dev examples/s")
+    row(f"template trial, {demos.split('_')[1]} demonstrations",
+        lambda e, n: f"{e['template'][demos]:,.1f} dev examples/s")
     return "\n".join(lines)

@@ -2,7 +2,11 @@
 
 Measured on a 2-core AMD EPYC (AVX2, no AVX-512): glibc's malloc returning every large
 activation buffer to the OS costs page faults on each forward; oneDNN's fp32 GEMM (what
-``float32_matmul_precision("medium")`` selects on CPU) beats MKL's at the model's shapes.
+``float32_matmul_precision("medium")`` selects on CPU) beats MKL's at the model's shapes. On a
+2-core Intel Xeon with AVX512-BF16 (no AMX) it is the other way round (MKL 224 against oneDNN 182
+GFLOP/s), and bf16 is *slower* than fp32 (147 GFLOP/s), although the CPU has bf16 instructions;
+on AMX and Zen 5 bf16 is 2-7x faster. So the flags only say what may be fast: a short GEMM probe
+at the model's layer shapes, a small and a full batch (well under a second, once per process), decides.
 
 Nothing changes on import or on loading a model. The first time autoprompt scores on the CPU
 (``tuned``), glibc's malloc is told to keep freed buffers (process-wide, for the rest of the
@@ -19,6 +23,7 @@ import functools
 import logging
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -47,10 +52,65 @@ def tune_cpu() -> dict[str, object]:
                                      and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
         except OSError:  # not glibc (musl, ...): nothing to tune
             pass
-    if onednn_fp32_is_exact():
+    if onednn_fp32_is_exact() and cpu_gemm_speeds()["fp32_onednn"] >= ONEDNN_MARGIN * cpu_gemm_speeds()["fp32_mkl"]:
         applied["fp32_gemm"] = "onednn"
     log.debug("cpu tuning: %s", applied)
     return applied
+
+
+# oneDNN's fp32 GEMM is chosen over MKL's when it is at least this much faster; bf16 over fp32 when it
+# is at least BF16_MARGIN faster (the gains it is for are 2-7x; a margin keeps a noisy probe from
+# flipping the choice, and with it the results, between two runs on one machine)
+ONEDNN_MARGIN = 1.15
+BF16_MARGIN = 1.5
+_PROBE_SHAPES = ((64, 576, 1536), (512, 576, 1536))  # rows x in x out: SmolLM2-135M's MLP, a small and a full batch
+
+
+def _gemm_seconds(dtype: torch.dtype, precision: str, shape: tuple[int, int, int], reps: int = 5) -> float:
+    """Seconds of one [rows, in] @ [in, out] product, the best of ``reps`` (after a warm-up)."""
+    rows, inner, outer = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, inner, generator=gen).to(dtype)
+    w = torch.randn(outer, inner, generator=gen).to(dtype)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        torch.nn.functional.linear(x, w)  # warm-up
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    return best
+
+
+def _gemm_gflops(paths: dict[str, tuple[torch.dtype, str]], rounds: int = 3) -> dict[str, float]:
+    """GFLOP/s of each path over the probe shapes (their FLOPs over their summed best times), the paths
+    measured in alternation so that other work on the CPU slows them alike."""
+    best = {name: [float("inf")] * len(_PROBE_SHAPES) for name in paths}
+    for _ in range(rounds):
+        for name, (dtype, precision) in paths.items():
+            for i, shape in enumerate(_PROBE_SHAPES):
+                best[name][i] = min(best[name][i], _gemm_seconds(dtype, precision, shape))
+    flops = sum(2 * r * i * o for r, i, o in _PROBE_SHAPES)
+    return {name: flops / sum(times) / 1e9 for name, times in best.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_gemm_speeds() -> dict[str, float]:
+    """GFLOP/s of this CPU's GEMM paths at the probe shape, measured once per process: fp32 through
+    MKL and through oneDNN, and bf16 where the CPU has bf16 instructions (0 where it has none: torch
+    emulates it, ~100x slower, not worth measuring)."""
+    paths = {"fp32_mkl": (torch.float32, "highest")}
+    if onednn_fp32_is_exact():
+        paths["fp32_onednn"] = (torch.float32, "medium")
+    if has_bf16_units(torch.device("cpu")):
+        paths["bf16"] = (torch.bfloat16, "highest")
+    speeds = {"fp32_onednn": 0.0, "bf16": 0.0, **_gemm_gflops(paths)}
+    log.debug("cpu gemm probe (GFLOP/s): %s", speeds)
+    return speeds
 
 
 @contextlib.contextmanager
@@ -108,7 +168,7 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def has_fast_bf16(device: torch.device) -> bool:
+def has_bf16_units(device: torch.device) -> bool:
     """Whether bf16 matrix products run in hardware: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
     (Elsewhere torch emulates bf16 on the CPU: 0.8 GFLOP/s on the 2-core AVX2 machine, 100x slower.)"""
     if device.type == "cuda":
@@ -116,3 +176,14 @@ def has_fast_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     return False
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 is worth using for speed: CUDA with bf16; a CPU with bf16 units where the GEMM probe
+    finds bf16 at least BF16_MARGIN times as fast as the faster fp32 path (``cpu_gemm_speeds``)."""
+    if device.type == "cpu":
+        if not has_bf16_units(device):
+            return False
+        speeds = cpu_gemm_speeds()
+        return speeds["bf16"] >= BF16_MARGIN * max(speeds["fp32_mkl"], speeds["fp32_onednn"])
+    return has_bf16_units(device)

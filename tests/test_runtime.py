@@ -31,8 +31,10 @@ def fresh_tuning(monkeypatch):
 
 
 def test_the_fast_fp32_gemm_only_while_scoring(causal_lm, monkeypatch, fresh_tuning) -> None:
-    """Where oneDNN's fp32 GEMM is exact (the AVX2 AMD machine), scoring uses it; the caller's precision is back after."""
+    """Where oneDNN's fp32 GEMM is exact and faster (the AVX2 AMD machine), scoring uses it; the caller's
+    precision is back after."""
     monkeypatch.setattr(runtime, "onednn_fp32_is_exact", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_gemm_speeds", lambda: {"fp32_mkl": 200.0, "fp32_onednn": 416.0, "bf16": 0.0})
     seen = []
     forward = type(causal_lm).hidden_states
 
@@ -61,3 +63,27 @@ def test_tuning_can_be_turned_off(monkeypatch, fresh_tuning) -> None:
     assert runtime.tune_cpu() == {"malloc": False, "fp32_gemm": "mkl"}
     with runtime.tuned(torch.device("cpu")):
         assert torch.get_float32_matmul_precision() == "highest"
+
+
+@pytest.mark.parametrize(("speeds", "onednn", "bf16"), [
+    ({"fp32_mkl": 200.0, "fp32_onednn": 416.0, "bf16": 800.0}, True, True),    # AMD Zen 5: both levers
+    ({"fp32_mkl": 224.0, "fp32_onednn": 182.0, "bf16": 147.0}, False, False),  # the Intel AVX512-BF16 Xeon
+    ({"fp32_mkl": 300.0, "fp32_onednn": 310.0, "bf16": 2173.0}, False, True),  # AMX: oneDNN within the margin
+    ({"fp32_mkl": 200.0, "fp32_onednn": 210.0, "bf16": 290.0}, False, False),  # bf16 a little faster: kept off
+])
+def test_the_probe_not_the_flags_picks_the_fast_paths(monkeypatch, fresh_tuning, speeds, onednn, bf16) -> None:
+    """The flags say what may be fast; the GEMM probe decides: oneDNN's fp32 only when exact and clearly
+    faster than MKL's, bf16 only when clearly faster than the faster fp32."""
+    monkeypatch.setattr(runtime, "onednn_fp32_is_exact", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_gemm_speeds", lambda: speeds)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert (runtime.tune_cpu()["fp32_gemm"] == "onednn") is onednn
+    assert runtime.has_fast_bf16(torch.device("cpu")) is bf16
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})  # no bf16 units: never, whatever is measured
+    assert runtime.has_fast_bf16(torch.device("cpu")) is False
+
+
+def test_the_gemm_probe_measures_each_path_once() -> None:
+    speeds = runtime.cpu_gemm_speeds()
+    assert runtime.cpu_gemm_speeds() is speeds  # once per process
+    assert speeds["fp32_mkl"] > 0 and (speeds["bf16"] > 0) is runtime.has_bf16_units(torch.device("cpu"))

@@ -217,11 +217,14 @@ def dashboard(run: str, host: str, port: int) -> None:
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
               help="Engine/naive pairs, interleaved, each swapping another trigger slot.")
 @click.option("--no-naive", is_flag=True, help="Skip the naive reference (it takes most of the time).")
+@click.option("--all-dtypes", is_flag=True,
+              help="Also measure bf16 where the CPU has bf16 units but the probe found it no faster than fp32.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON to this file.")
 @model_options
-def bench(model: str | None, task_spec: str, candidates: int, examples: int, rounds: int, no_naive: bool, seed: int,
+def bench(model: str | None, task_spec: str, candidates: int, examples: int, rounds: int, no_naive: bool,
+          all_dtypes: bool, seed: int,
           as_json: bool, output: str | None, device: str | None, dtype: str | None, trust_remote_code: bool) -> None:
     """Measure this machine: GEMM ceiling, the scoring engine against the naive way, one trigger step."""
     from autoprompt.bench import BenchConfig, run_bench
@@ -235,7 +238,8 @@ def bench(model: str | None, task_spec: str, candidates: int, examples: int, rou
         raise AutoPromptError(f"{task.name}: bench measures a classification task's trigger step (e.g. sst2) or a "
                               "generation task's scoring and generation (e.g. country_codes)")
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    cfg = BenchConfig(candidates=candidates, examples=examples, rounds=rounds, naive=not no_naive, seed=seed)
+    cfg = BenchConfig(candidates=candidates, examples=examples, rounds=rounds, naive=not no_naive, seed=seed,
+                      all_dtypes=all_dtypes)
     if task.is_generation:
         from autoprompt.bench_generation import format_generation_table, run_generation_bench
 

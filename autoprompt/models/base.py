@@ -253,8 +253,9 @@ def in_dtype(model: LanguageModel, dtype: torch.dtype) -> LanguageModel:
 def fast_twin(model: LanguageModel, choice: str) -> LanguageModel:
     """The model a search's many quick decisions run on (the trigger search's ranking, the template
     search's trials): ``fp32`` the model itself; ``bf16`` a bf16 copy of an fp32 model; ``auto`` that
-    copy on a CPU with bf16 units (AVX512-BF16 or AMX), else the model. (On CUDA, auto keeps fp32: an
-    H200 ran the 135M model slower in bf16; models of 1B+ parameters load in bf16 there anyway.)
+    copy on a CPU whose bf16 is fast (``has_fast_bf16``: bf16 units and a GEMM probe), else the model.
+    (On CUDA, auto keeps fp32: an H200 ran the 135M model slower in bf16; models of 1B+ parameters
+    load in bf16 there anyway.)
     What is kept and reported is decided on the model itself."""
     from autoprompt.runtime import has_fast_bf16
 
