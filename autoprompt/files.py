@@ -12,6 +12,15 @@ from typing import Any
 from autoprompt.errors import AutoPromptError
 
 
+def cache_dir() -> Path:
+    """Where autoprompt keeps what it computed once (dequantized models, the CPU probe):
+    $AUTOPROMPT_CACHE, else $XDG_CACHE_HOME/autoprompt."""
+    if os.environ.get("AUTOPROMPT_CACHE"):
+        return Path(os.environ["AUTOPROMPT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "autoprompt"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write text so that readers see the old file or the new one, never half of one."""
     try:

@@ -6,7 +6,8 @@ activation buffer to the OS costs page faults on each forward; oneDNN's fp32 GEM
 2-core Intel Xeon with AVX512-BF16 (no AMX) it is the other way round (MKL 224 against oneDNN 182
 GFLOP/s), and bf16 is *slower* than fp32 (147 GFLOP/s), although the CPU has bf16 instructions;
 on AMX and Zen 5 bf16 is 2-7x faster. So the flags only say what may be fast: a short GEMM probe
-at the model's layer shapes, a small and a full batch (well under a second, once per process), decides.
+at the model's layer shapes, a small and a full batch (well under a second, once per machine:
+the result is kept in the cache folder), decides.
 
 Nothing changes on import or on loading a model. The first time autoprompt scores on the CPU
 (``tuned``), glibc's malloc is told to keep freed buffers (process-wide, for the rest of the
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -100,9 +103,20 @@ def _gemm_gflops(paths: dict[str, tuple[torch.dtype, str]], rounds: int = 3) -> 
 
 @functools.lru_cache(maxsize=1)
 def cpu_gemm_speeds() -> dict[str, float]:
-    """GFLOP/s of this CPU's GEMM paths at the probe shape, measured once per process: fp32 through
-    MKL and through oneDNN, and bf16 where the CPU has bf16 instructions (0 where it has none: torch
-    emulates it, ~100x slower, not worth measuring)."""
+    """GFLOP/s of this CPU's GEMM paths at the probe shapes: fp32 through MKL and through oneDNN, and
+    bf16 where the CPU has bf16 instructions (0 where it has none: torch emulates it, ~100x slower,
+    not worth measuring). Measured once per machine and kept in the cache folder (keyed by the CPU,
+    its flags, torch and the thread count), so that two runs on one machine always take the same
+    paths: a probe repeated under other load could choose differently, and with it change results."""
+    from autoprompt.files import cache_dir, read_json, write_atomic
+
+    path = cache_dir() / f"cpu-probe-{_machine_key()}.json"
+    try:
+        kept = read_json(path) if path.exists() else None
+    except Exception:  # a damaged file: measure again
+        kept = None
+    if isinstance(kept, dict) and {"fp32_mkl", "fp32_onednn", "bf16"} <= kept.keys():
+        return {k: float(kept[k]) for k in ("fp32_mkl", "fp32_onednn", "bf16")}
     paths = {"fp32_mkl": (torch.float32, "highest")}
     if onednn_fp32_is_exact():
         paths["fp32_onednn"] = (torch.float32, "medium")
@@ -110,7 +124,19 @@ def cpu_gemm_speeds() -> dict[str, float]:
         paths["bf16"] = (torch.bfloat16, "highest")
     speeds = {"fp32_onednn": 0.0, "bf16": 0.0, **_gemm_gflops(paths)}
     log.debug("cpu gemm probe (GFLOP/s): %s", speeds)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(speeds, indent=2) + "\n")
+    except OSError as exc:  # a read-only home: the probe still holds for this process
+        log.debug("cpu probe not kept: %s", exc)
     return speeds
+
+
+def _machine_key() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    text = json.dumps([model, sorted(cpu_flags()), torch.__version__, torch.get_num_threads()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -157,12 +183,15 @@ def onednn_fp32_is_exact() -> bool:
     return err_medium <= 4 * err_highest + 1e-6
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    for line in text.splitlines():
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()

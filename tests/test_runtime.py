@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -87,3 +88,23 @@ def test_the_gemm_probe_measures_each_path_once() -> None:
     speeds = runtime.cpu_gemm_speeds()
     assert runtime.cpu_gemm_speeds() is speeds  # once per process
     assert speeds["fp32_mkl"] > 0 and (speeds["bf16"] > 0) is runtime.has_bf16_units(torch.device("cpu"))
+
+
+def test_the_probe_is_kept_so_two_runs_take_the_same_paths(monkeypatch, tmp_path) -> None:
+    """Measured once per machine and kept: a later process reads the same speeds (a probe repeated
+    under other load could choose another GEMM path, and with it change a run's results)."""
+    calls = []
+    monkeypatch.setenv("AUTOPROMPT_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "_gemm_gflops", lambda paths: calls.append(1) or {n: 100.0 + len(n) for n in paths})
+    runtime.cpu_gemm_speeds.cache_clear()
+    try:
+        first = runtime.cpu_gemm_speeds()
+        runtime.cpu_gemm_speeds.cache_clear()  # as a new process would
+        assert runtime.cpu_gemm_speeds() == first and len(calls) == 1
+        (kept,) = tmp_path.glob("cpu-probe-*.json")
+        kept.write_text("{not json", encoding="utf-8")  # damaged: measured again, and kept again
+        runtime.cpu_gemm_speeds.cache_clear()
+        assert runtime.cpu_gemm_speeds() == first and len(calls) == 2
+        assert json.loads(kept.read_text(encoding="utf-8")) == first
+    finally:
+        runtime.cpu_gemm_speeds.cache_clear()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from autoprompt.errors import ModelError
+from autoprompt.files import cache_dir
 from autoprompt.models.base import CausalLM, LanguageModel, MaskedLM
 from autoprompt.models.device import estimate_params, pick_device, pick_dtype
 
@@ -48,14 +49,6 @@ BUILTIN_MODELS = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where dequantized models are kept: $AUTOPROMPT_CACHE, else $XDG_CACHE_HOME/autoprompt."""
-    if os.environ.get("AUTOPROMPT_CACHE"):
-        return Path(os.environ["AUTOPROMPT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "autoprompt"
 
 
 def load_model(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = None,
