@@ -153,7 +153,10 @@ def open_storage(url: str, *, heartbeat: int | None = None):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage_class = optuna.storages.RDBStorage if heartbeat is None else _rdb_with_heartbeat()
-                return hold_signals_in(storage_class(url, **options))
+                storage = storage_class(url, **options)
+                if url.startswith("sqlite"):
+                    _begin_immediate(storage.engine)
+                return hold_signals_in(storage)
         except (IntegrityError, ProgrammingError):
             # workers started together race to create the schema in an empty database: the
             # loser's CREATE fails on what the winner made; a moment later the tables are there
@@ -244,6 +247,25 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
     finally:
         stop.set()
         thread.join()
+
+
+def _begin_immediate(engine) -> None:
+    """Make every transaction on a SQLite study take the write lock when it begins. SQLite has no row
+    locks (SELECT ... FOR UPDATE is a no-op), so Optuna's check-then-set steps raced between workers:
+    two workers popped the same waiting trial and both ran it, or both failed a stale trial and
+    queued it twice. With BEGIN IMMEDIATE those steps run one worker at a time (SQLAlchemy's recipe
+    for pysqlite: the driver's own implicit BEGIN turned off)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners (the schema check) are not reused
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
