@@ -73,37 +73,38 @@ class LabelObjective(Objective):
         return losses.reshape(len(candidates), len(examples)).mean(dim=1).numpy()
 
 
-class FirstTokenObjective(Objective):
-    """Free-form answers judged by their first token (precision@1): -log p(first target token)."""
+class _TargetTokensObjective(Objective):
+    """Free-form answers: -log p(their target tokens), teacher-forced; which tokens, the subclass says."""
+
+    first_token = False  # only the target's first token
+    end = False  # the target, then the token that ends a generated answer
 
     def answers(self, model, prompt, examples):
-        return [[target[:1]] for target in target_ids(model, prompt, examples)]
+        targets = target_ids(model, prompt, examples, end=self.end)
+        return [[target[:1] if self.first_token else target] for target in targets]
 
     def loss(self, prompt, examples, answer_log_probs):
         return -answer_log_probs[:, 0]
 
     def candidate_losses(self, model, prompt, examples, candidates, caches=None):
         log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches,
-                                        first_token=True)  # [C * n]
+                                        first_token=self.first_token, end=self.end)  # [C * n]
         return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
 
 
-class TargetObjective(Objective):
+class FirstTokenObjective(_TargetTokensObjective):
+    """Free-form answers judged by their first token (precision@1): -log p(first target token)."""
+
+    first_token = True
+
+
+class TargetObjective(_TargetTokensObjective):
     """Generated answers: -log p(the whole gold answer, then the token that ends it), teacher-forced
     (GCG's objective, over many examples). The end token makes the likelihood agree with what the
     answer is judged by: a prompt after which the model says the answer and goes on talking
     fails exact match, and without it would score as well as one after which it stops."""
 
-    def answers(self, model, prompt, examples):
-        return [[target] for target in target_ids(model, prompt, examples, end=True)]
-
-    def loss(self, prompt, examples, answer_log_probs):
-        return -answer_log_probs[:, 0]
-
-    def candidate_losses(self, model, prompt, examples, candidates, caches=None):
-        log_probs, _, _ = score_targets(model, prompt, examples, candidates=candidates, caches=caches,
-                                        end=True)  # [C * n]
-        return -np.asarray(log_probs).reshape(len(candidates), len(examples)).mean(axis=1)
+    end = True
 
 
 def objective_for(prompt: Prompt, loss: str = "labels") -> Objective:
