@@ -35,6 +35,9 @@ def export_prompt(source: str | os.PathLike, fmt: str, *, runs_dir: str | os.Pat
     if fmt not in FORMATS:
         raise AutoPromptError(f"unknown export format {fmt!r}; formats are: {', '.join(FORMATS)}")
     pf, task_spec = _read_source(source, runs_dir)
+    if pf.prompt.adapter is not None:  # the text is not the prompt: the model reads learned tensors too
+        raise AutoPromptError(f"{source}: this prompt runs with its {pf.prompt.adapter.kind} adapter (a safetensors "
+                              "file), which no export format carries; use the prompt file with load_prompt")
     if fmt == "json":
         return json.dumps(to_json(pf), indent=2, ensure_ascii=False) + "\n"
     prompt = pf.prompt

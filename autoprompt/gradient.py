@@ -1,7 +1,8 @@
 """The trigger gradient: -grad . E of an objective's loss with respect to the one-hot trigger tokens,
 for every slot and token (AutoPrompt, HotFlip). Multi-token answers are teacher-forced, as the
 candidates' scores are; on a causal LM the tokens before the first trigger do not depend on the
-triggers, so they are encoded once without a graph (their KV cache) and only the rest back-propagates."""
+triggers, so they are encoded once without a graph (their KV cache) and only the rest back-propagates.
+The same answer log-probabilities give the training loss of soft prompts and LoRA (``training_loss``)."""
 
 from __future__ import annotations
 
@@ -51,15 +52,36 @@ def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Exampl
     slots = torch.arange(n_slots, device=model.device).repeat(len(rows))
     embeds = embedding[ids].index_put((slot_rows, slot_cols), trigger_embeds[slots])  # [batch, seq, hidden]
     states = model.hidden_states(None, inputs_embeds=embeds, **forward)
+    answer_log_probs = _answer_log_probs(model, states, queries, split, (len(examples), len(answers[0])))
+    objective.loss(prompt, examples, answer_log_probs).mean().backward()
+    return -(one_hot.grad.float())
+
+
+@cpu_tuned
+def training_loss(model: LanguageModel, prompt: Prompt, examples: list[Example], objective: Objective) -> torch.Tensor:
+    """The objective's mean loss on the examples, differentiable in whatever the model trains (a soft
+    prompt, LoRA weights): one forward of every teacher-forced sequence, no prefix cache (every position
+    depends on the trained tensors)."""
+    encoded = encode_examples(model, prompt, examples)
+    answers = objective.answers(model, prompt, examples)
+    _, sequences, queries = _teacher_forced(encoded, answers)
+    ids, mask = pad_right(sequences, model.pad_id, model.device)
+    states = model.hidden_states(ids, mask)
+    answer_log_probs = _answer_log_probs(model, states, queries, [0] * len(sequences), (len(examples), len(answers[0])))
+    return objective.loss(prompt, examples, answer_log_probs).mean()
+
+
+def _answer_log_probs(model: LanguageModel, states: torch.Tensor, queries, split: list[int],
+                      shape: tuple[int, int]) -> torch.Tensor:
+    """Each example's answers' log-probabilities [n, n_answers] from the sequences' hidden states
+    ([seq, len, hidden], each sequence's first ``split`` tokens cached elsewhere)."""
     seq, pos, token, example, answer = (torch.tensor(c, device=model.device) for c in zip(*queries, strict=True))
     places, place = torch.unique(torch.stack([seq, pos]), dim=1, return_inverse=True)  # each read position once
     hidden = states[places[0], places[1] - torch.tensor(split, device=model.device)[places[0]]]  # [places, hidden]
     log_probs = F.log_softmax(model.head_logits(hidden).float(), dim=-1)  # [places, vocab]
     token_log_probs = log_probs[place, token]  # [queries]
-    answer_log_probs = torch.zeros(len(examples), len(answers[0]), device=model.device)
-    answer_log_probs = answer_log_probs.index_put((example, answer), token_log_probs, accumulate=True)
-    objective.loss(prompt, examples, answer_log_probs).mean().backward()
-    return -(one_hot.grad.float())
+    answer_log_probs = torch.zeros(*shape, device=model.device)
+    return answer_log_probs.index_put((example, answer), token_log_probs, accumulate=True)
 
 
 def _teacher_forced(encoded: list[Encoded], answers: list[list[list[int]]]):

@@ -159,7 +159,8 @@ def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: floa
     base_dev = evaluate(ctx.model, baseline_prompt, dev, metric=metric)
     known = {"dev": (found_dev, base_dev)}
     if render_template(ctx.model, found.prompt) == render_template(ctx.model, baseline_prompt) and \
-            found.prompt.verbalizer == baseline_prompt.verbalizer and not found.prompt.calibration:
+            found.prompt.verbalizer == baseline_prompt.verbalizer and not found.prompt.calibration and \
+            found.prompt.adapter is None:
         return known, None  # the search found the task's own prompt
     verdict = judge(metric, [e.answer for e in dev], side(found_dev), side(base_dev), labels=ctx.task.labels or None,
                     confidence=confidence, seed=ctx.seed)

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from autoprompt.data import Example
-from autoprompt.errors import PromptFileError, TemplateError
+from autoprompt.errors import ModelError, PromptFileError, TemplateError
 from autoprompt.models import LanguageModel, load_model
+from autoprompt.models.adapters import bind
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
 from autoprompt.scoring import Caches, generate, nearest_demonstrations, render_template, score_labels, score_targets
@@ -31,6 +32,7 @@ class Predictor:
         self.model = model
         self.info = info
         self.caches = Caches()  # the demonstrations' KV cache, the "similar" pool's embeddings
+        self._scored = bind(model, prompt)  # the model with the prompt's adapter, and the prompt it scores
 
     @property
     def labels(self) -> list[str]:
@@ -40,14 +42,15 @@ class Predictor:
         """The predicted label (or answer) for one input or a list of inputs."""
         single = not isinstance(inputs, list)
         examples = self._examples(inputs)
-        if self.prompt.is_classification:
-            scores = score_labels(self.model, self.prompt, examples, caches=self.caches)
+        model, prompt = self._scored
+        if prompt.is_classification:
+            scores = score_labels(model, prompt, examples, caches=self.caches)
             out = [self.labels[k] for k in scores.argmax(axis=1)]
-        elif self.prompt.generation is not None:  # the answer the model generates
-            out = generate(self.model, self.prompt, examples, caches=self.caches)
+        elif prompt.generation is not None:  # the answer the model generates
+            out = generate(model, prompt, examples, caches=self.caches)
         else:
-            _, _, top = score_targets(self.model, self.prompt, [_with_answer(e) for e in examples], caches=self.caches)
-            out = [self.model.tokenizer.decode([t]).strip() for t in top]
+            _, _, top = score_targets(model, prompt, [_with_answer(e) for e in examples], caches=self.caches)
+            out = [model.tokenizer.decode([t]).strip() for t in top]
         return out[0] if single else out
 
     def predict_proba(self, inputs: Input | list[Input]) -> dict[str, float] | list[dict[str, float]]:
@@ -57,7 +60,7 @@ class Predictor:
                                 + ("generates its answers: use predict" if self.prompt.generation else
                                    "answers with a free-form word: use predict"))
         single = not isinstance(inputs, list)
-        scores = score_labels(self.model, self.prompt, self._examples(inputs), caches=self.caches)
+        scores = score_labels(*self._scored, self._examples(inputs), caches=self.caches)
         probs = np.exp(scores - scores.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         out = [dict(zip(self.labels, map(float, row), strict=False)) for row in probs]
@@ -128,4 +131,11 @@ def load_prompt(path: str | os.PathLike, *, model: str | LanguageModel | None = 
     if too_big:
         raise PromptFileError(f"{path}: trigger ids {too_big} are outside the vocabulary of {lm.name} "
                               f"({lm.vocab_size} tokens)")
-    return Predictor(info.prompt, lm, info=info)
+    adapter = info.prompt.adapter
+    if adapter is not None and adapter.base_model != lm.weights_fingerprint:
+        raise PromptFileError(f"{path}: its {adapter.kind} adapter was trained on another base model (weights "
+                              f"{adapter.base_model}) than {lm.name} ({lm.weights_fingerprint})")
+    try:
+        return Predictor(info.prompt, lm, info=info)
+    except ModelError as exc:  # the adapter's tensors do not fit the model
+        raise PromptFileError(f"{path}: {exc}") from None

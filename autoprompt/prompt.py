@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from autoprompt.adapter import Adapter
 from autoprompt.answers import Generation
 from autoprompt.data import Example, verbalizer_overlap
 from autoprompt.errors import TemplateError
@@ -54,6 +55,8 @@ class Prompt:
     model: ModelRef | None = None
     fields: tuple[str, ...] = field(default=())  # the input fields it expects
     generation: Generation | None = None  # its answers are generated text (None: labels or a first token)
+    # learned tensors it runs with (a soft prompt in its [T] slots, LoRA weights); None: the model as it is
+    adapter: Adapter | None = None
 
     def __post_init__(self) -> None:
         parse_template(self.template)
@@ -68,6 +71,10 @@ class Prompt:
         problem = verbalizer_overlap(self.verbalizer) if isinstance(self.verbalizer, dict) else None
         if problem:
             raise TemplateError(problem)
+        if self.adapter is not None and self.adapter.kind == "soft" and \
+                self.adapter.settings.get("n_tokens") != self.n_trigger_slots:
+            raise TemplateError(f"a soft prompt of {self.adapter.settings.get('n_tokens')} vectors needs as many "
+                                f"[T] slots; the template has {self.n_trigger_slots}")
 
     @classmethod
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:

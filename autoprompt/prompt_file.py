@@ -1,4 +1,9 @@
-"""Prompt files: a Prompt on disk as versioned JSON, validated completely before use."""
+"""Prompt files: a Prompt on disk as versioned JSON, validated completely before use.
+
+v1 is a prompt alone; v2 adds "adapter": the learned tensors the prompt runs with (a soft prompt,
+LoRA weights), in a safetensors file beside the prompt file, named there with its sha256 and the
+fingerprint of the base model's weights. A v1 file is written whenever there is no adapter, so
+every prompt file of the earlier kinds reads (and is written) as before."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprompt.adapter import KINDS, Adapter, read_adapter, write_adapter
 from autoprompt.answers import DEFAULT_NORMALIZE, NORMALIZE_STEPS, Generation
 from autoprompt.data import Example
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
@@ -18,7 +24,10 @@ from autoprompt.prompt import ModelRef, Prompt
 from autoprompt.template import parse_template
 
 FORMAT = "autoprompt.prompt/v1"
+FORMAT_ADAPTER = "autoprompt.prompt/v2"  # a prompt with an adapter
+FORMATS = (FORMAT, FORMAT_ADAPTER)
 SUFFIX = ".prompt.json"
+ADAPTER_SUFFIX = ".adapter.safetensors"
 MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
 MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
@@ -40,14 +49,19 @@ class PromptFile:
     autoprompt_version: str = ""
 
 
-def to_json(pf: PromptFile) -> dict[str, Any]:
+def to_json(pf: PromptFile, adapter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The prompt file's JSON; ``adapter``: what it says of the prompt's adapter file (save_prompt_file
+    writes that file and says it)."""
     from autoprompt.version import __version__
 
     p = pf.prompt
     if p.model is None:
         raise PromptFileError("a prompt file needs the model the prompt was made for")
+    if (p.adapter is None) != (adapter is None):
+        raise PromptFileError("a prompt with an adapter is written by save_prompt_file (its tensors go to a file "
+                              "beside the prompt file)")
     return {
-        "format": FORMAT,
+        "format": FORMAT if adapter is None else FORMAT_ADAPTER,
         "autoprompt_version": pf.autoprompt_version or __version__,
         "created": pf.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "task": {"name": pf.task_name, "fields": list(p.fields), "metric": pf.metric},
@@ -66,14 +80,28 @@ def to_json(pf: PromptFile) -> dict[str, Any]:
                   "tokenizer_fingerprint": p.model.tokenizer_fingerprint},
         "metrics": pf.metrics,
         "search": pf.search,
+        **({"adapter": adapter} if adapter is not None else {}),
     }
 
 
 def save_prompt_file(pf: PromptFile, path: str | os.PathLike) -> Path:
-    """Write a prompt file atomically; returns its path."""
+    """Write a prompt file atomically; returns its path. A prompt's adapter goes first to
+    ``<name>.adapter.safetensors`` beside it, so the prompt file never names a file not yet there."""
     path = Path(path)
-    write_atomic(path, json.dumps(to_json(pf), indent=2, ensure_ascii=False) + "\n")
+    entry = None
+    adapter = pf.prompt.adapter
+    if adapter is not None:
+        target = path.with_name(adapter_file_name(path))
+        entry = {"kind": adapter.kind, "file": target.name, "sha256": write_adapter(adapter, target),
+                 "base_model": adapter.base_model, "settings": adapter.settings}
+    write_atomic(path, json.dumps(to_json(pf, entry), indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def adapter_file_name(path: Path) -> str:
+    """The adapter file of a prompt file: its name with .adapter.safetensors for .prompt.json (or .json)."""
+    stem = path.name.removesuffix(SUFFIX) if path.name.endswith(SUFFIX) else path.name.removesuffix(".json")
+    return stem + ADAPTER_SUFFIX
 
 
 def read_prompt_file(path: str | os.PathLike) -> PromptFile:
@@ -96,17 +124,19 @@ def read_prompt_file(path: str | os.PathLike) -> PromptFile:
     except OSError as exc:  # a folder, no permission
         raise PromptFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        return from_json(data)
+        return from_json(data, folder=path.parent)
     except PromptFileError as exc:
         raise PromptFileError(f"{path}: {exc}") from None
     except AutoPromptError as exc:  # e.g. a template the parser rejects
         raise PromptFileError(f"{path}: {exc}") from None
 
 
-def from_json(data: Any) -> PromptFile:
+def from_json(data: Any, folder: Path | None = None) -> PromptFile:
     """Build a PromptFile from parsed JSON, checking every field's type first. Anything
-    malformed raises PromptFileError, naming the field where it can."""
+    malformed raises PromptFileError, naming the field where it can. ``folder``: where the
+    prompt file is, for its adapter file (a file with an adapter needs it)."""
     _check_top(data)
+    adapter = _adapter(data.get("adapter"), folder)
     task = _typed(data["task"], dict, "task")
     model = _model_ref(_typed(data["model"], dict, "model"))
     fields = [_typed(f, str, "task.fields[]") for f in _typed(task.get("fields", []), list, "task.fields")]
@@ -130,7 +160,7 @@ def from_json(data: Any) -> PromptFile:
                      instruction=_typed(data.get("instruction", ""), str, "instruction"), demonstrations=tuple(demos),
                      demo_k=demo_k, chat=_typed(data.get("chat", False), bool, "chat"),
                      calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields),
-                     generation=_generation(data.get("generation")))
+                     generation=_generation(data.get("generation")), adapter=adapter)
     _check(prompt.n_trigger_slots == len(triggers),
            f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
     return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),
@@ -144,15 +174,35 @@ def _check_top(data: Any) -> None:
     _check(_depth(data) <= MAX_DEPTH, f"JSON nested too deeply (more than {MAX_DEPTH} levels)")
     _check(isinstance(data, dict), "the top level must be a JSON object")
     fmt = data.get("format")
-    if fmt != FORMAT:
+    if fmt not in FORMATS:
         _check(isinstance(fmt, str) and fmt.startswith("autoprompt.prompt/"),
                f"not an autoprompt prompt file (format {fmt!r}, expected {FORMAT!r})")
-        raise PromptFileError(f"format {fmt!r} is not one this version reads ({FORMAT}); "
+        raise PromptFileError(f"format {fmt!r} is not one this version reads ({', '.join(FORMATS)}); "
                               "upgrade autoprompt or re-export the prompt")
-    unknown = sorted(set(data) - _TOP_KEYS)
+    unknown = sorted(set(data) - _TOP_KEYS - ({"adapter"} if fmt == FORMAT_ADAPTER else set()))
     _check(not unknown, f"unknown keys: {', '.join(unknown)}")
     missing = sorted(_REQUIRED - set(data))
     _check(not missing, f"missing keys: {', '.join(missing)}")
+
+
+def _adapter(entry: Any, folder: Path | None) -> Adapter | None:
+    """The adapter a v2 file names, read from its file beside the prompt file (checked by its sha256)."""
+    if entry is None:
+        return None
+    entry = _typed(entry, dict, "adapter")
+    unknown = sorted(set(entry) - {"kind", "file", "sha256", "base_model", "settings"})
+    _check(not unknown, f"adapter: unknown keys {', '.join(unknown)}")
+    _check(entry.get("kind") in KINDS, f"adapter.kind must be one of {', '.join(KINDS)}, not {entry.get('kind')!r}")
+    name = _typed(entry.get("file"), str, "adapter.file")
+    _check(name and Path(name).name == name and not name.startswith("."),
+           f"adapter.file must be a file name beside the prompt file, not {name!r}")
+    sha256 = _typed(entry.get("sha256"), str, "adapter.sha256")
+    _check(len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256), "adapter.sha256 must be 64 hex digits")
+    base_model = _typed(entry.get("base_model"), str, "adapter.base_model")
+    settings = _typed(entry.get("settings", {}), dict, "adapter.settings")
+    if folder is None:
+        raise PromptFileError("this prompt file names an adapter file: read it with read_prompt_file(path)")
+    return read_adapter(folder / name, kind=entry["kind"], sha256=sha256, settings=settings, base_model=base_model)
 
 
 def _model_ref(model: dict) -> ModelRef:

@@ -105,7 +105,8 @@ def _delete(*path: str):
 
 
 BAD_EDITS = {
-    "format version": (_set(["format"], "autoprompt.prompt/v2"), "upgrade autoprompt"),
+    "format version": (_set(["format"], "autoprompt.prompt/v7"), "upgrade autoprompt"),  # (v2: with an adapter)
+    "adapter in v1": (_set(["adapter"], {"kind": "lora"}), "unknown keys: adapter"),
     "other format": (_set(["format"], "dspy.program"), "not an autoprompt prompt file"),
     "format not a string": (_set(["format"], 1), "not an autoprompt prompt file"),
     "unknown key": (_set(["temperature"], 0.7), "unknown keys: temperature"),

@@ -27,6 +27,7 @@ class LanguageModel(ABC):
     """A loaded model and tokenizer, and the two things the scorer asks of them."""
 
     kind: str
+    adapter = None  # the Adapter a twin of a model runs with (autoprompt.models.adapters); None: the model itself
 
     def __init__(self, hf_model: torch.nn.Module, tokenizer, *, name: str, source: str) -> None:
         self.hf_model = hf_model.eval()
@@ -81,6 +82,13 @@ class LanguageModel(ABC):
     @cached_property
     def tokenizer_fingerprint(self) -> str:
         return tokenizer_fingerprint(self.tokenizer)
+
+    @cached_property
+    def weights_fingerprint(self) -> str:
+        """A hash of the weights (a sample of each tensor): what an adapter was trained on."""
+        from autoprompt.adapter import weights_fingerprint
+
+        return weights_fingerprint(self.hf_model)
 
     @property
     def ref(self) -> ModelRef:

@@ -124,8 +124,10 @@ def _steps_panel(ax, steps: list[dict[str, Any]], search: str | None) -> None:
     lossy = [e for e in steps if e.get("loss") is not None]
     if lossy:
         ax.plot([e["step"] for e in lossy], [e["loss"] for e in lossy], color="tab:blue", marker=".", label="loss")
-        ax.plot([e["step"] for e in lossy], [e["best_candidate_loss"] for e in lossy], color="tab:blue", alpha=0.35,
-                linestyle="--", label="best candidate's loss")
+        ranked = [e for e in lossy if "best_candidate_loss" in e]  # a trigger search's (training has no candidates)
+        if ranked:
+            ax.plot([e["step"] for e in ranked], [e["best_candidate_loss"] for e in ranked], color="tab:blue",
+                    alpha=0.35, linestyle="--", label="best candidate's loss")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss (minibatch)", color="tab:blue")
     checked = [e for e in steps if e.get("dev") is not None]

@@ -26,6 +26,9 @@ def render_template(model: LanguageModel, prompt: Prompt) -> str:
 def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example],
                     caches: Caches | None = None) -> list[Encoded]:
     """Token ids of each example under the prompt (triggers in place, answer excluded)."""
+    if prompt.adapter is not None and model.adapter is not prompt.adapter:  # its [T] ids would read the vocabulary
+        raise TemplateError(f"this prompt runs with its {prompt.adapter.kind} adapter: score it with evaluate() or "
+                            "load_prompt(path), which put the adapter on the model")
     if prompt.demo_k:  # each input with its own nearest demonstrations
         chosen = nearest_demonstrations(model, prompt, examples, caches)
         templates = [render_template(model, replace(prompt, demonstrations=d, demo_k=0)) for d in chosen]

@@ -10,6 +10,7 @@ import numpy as np
 from autoprompt.answers import JUDGES, answer_scores
 from autoprompt.errors import TemplateError
 from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
+from autoprompt.models.adapters import bind
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.generate import generate
 from autoprompt.scoring.prefix import PrefixCache
@@ -37,7 +38,9 @@ class Evaluation:
 def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
              prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None,
              progress: bool = False, caches: Caches | None = None) -> Evaluation:
-    """Score a prompt on labelled examples: predictions and metrics."""
+    """Score a prompt on labelled examples: predictions and metrics (a prompt with an adapter: on the
+    model with it)."""
+    model, prompt = bind(model, prompt)
     if prompt.generation is not None:
         return _evaluate_generated(model, prompt, examples, metric, batch_tokens, progress, caches)
     if prompt.is_classification:
