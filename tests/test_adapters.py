@@ -275,3 +275,14 @@ def test_cli_optimize_then_predict(tiny_causal_dir: Path, tmp_path: Path, method
     wrong = runner.invoke(main, ["optimize", str(task), "--method", method, "--model", str(tiny_causal_dir),
                                  "--steps", "3"])  # a trigger search's flag
     assert wrong.exit_code == 2 and "does not use --steps" in wrong.output
+
+
+def test_training_stops_on_its_time_budget(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    from autoprompt.budget import Budget
+
+    kept = []
+    spent = iter([False, False, True])  # the budget runs out before the third step
+    monkeypatch.setattr(Budget, "spent", lambda self: kept.append(self.kept_examples) or next(spent))
+    result = _lora(causal_lm, tmp_path, time_budget=60.0)
+    assert [e["step"] for e in result.history] == [0, 1, 2]
+    assert set(kept) == {2 * (8 + 8 + 8)}  # both prompts on dev, test and train, kept back for after the training

@@ -32,7 +32,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^\s*```(\S*)\s*$")
 PLACEHOLDER = re.compile(r"\[|\||\.\.\.|\$|\b[A-Z][A-Z_]{1,}\b")
 COMMAND = re.compile(r"^(?:\.venv/bin/)?autoprompt [a-z]|^make [a-z]")
-RUN_ID = re.compile(r"^\d{8}-\d{6}-(?P<task>.+)-(?P<method>trigger|template|hybrid|manual)(-\d+)?$")
+RUN_ID = re.compile(r"^\d{8}-\d{6}-(?P<task>.+)-(?P<method>trigger|template|hybrid|manual|soft|lora)(-\d+)?$")
 BUILTIN_MODEL = "smollm2-135m"
 
 
@@ -153,6 +153,7 @@ class Workspace:
 SMALL = {  # small budgets for the tiny model: (flag, value, the methods that take it)
     "--steps": ("2", ("trigger", "hybrid")), "--dev-limit": ("30", ("trigger", "hybrid")),
     "--trials": ("3", ("template", "hybrid")), "--trial-dev": ("20", ("template", "hybrid")),
+    "--epochs": ("1", ("soft", "lora")),
 }
 
 

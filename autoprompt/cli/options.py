@@ -68,8 +68,8 @@ def _option(fld: dataclasses.Field):
         ptype = click.IntRange(min=meta.get("min", 1))
     elif fld.name == "confidence":
         ptype = click.FloatRange(min=0, max=1, max_open=True)
-    elif kind.startswith("float"):
-        ptype = click.FloatRange(min=0, min_open=True)
+    elif kind.startswith("float"):  # positive, or from a given min on (lora_dropout: 0 is no dropout)
+        ptype = click.FloatRange(min=meta.get("min", 0), min_open="min" not in meta)
     else:
         ptype = str
     return click.option(flag, fld.name, type=ptype, default=None, envvar=meta.get("envvar"),

@@ -30,7 +30,7 @@ class LoraTuningConfig(tuning.TuningConfig):
 
     lora_r: int = opt(8, "Rank of the LoRA updates.")
     lora_alpha: float = opt(16.0, "LoRA's scale: updates are multiplied by alpha / r.")
-    lora_dropout: float = opt(0.05, "Dropout on LoRA's input while training.")
+    lora_dropout: float = opt(0.05, "Dropout on LoRA's input while training (0: none).", min=0)
     lora_targets: str = opt("auto", "Modules LoRA adapts, comma-separated (auto: the attention projections "
                             "q_proj,k_proj,v_proj,o_proj, else peft's choice for the model family).")
     lora_lr: float = opt(5e-4, "Learning rate of the LoRA weights (AdamW).")

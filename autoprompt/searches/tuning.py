@@ -79,7 +79,8 @@ class _Tuner:
     def resume(self) -> None:
         """Continue from the run's checkpoint (none: from the start)."""
         saved = read_state(self.ctx.run, self.params)
-        if saved is None:
+        if saved is None:  # stopped before its first checkpoint: from the start
+            self.ctx.run.truncate_log(0)
             return
         self.state, tensors = saved
         with torch.no_grad():
