@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from autoprompt.objective import Objective, objective_for
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import Caches, PrefixCache, encode_examples, pad_right
+from autoprompt.scoring.endings import END, answer_ends, answer_token_log_probs
 
 if TYPE_CHECKING:
     from autoprompt.data import Example
@@ -55,7 +56,8 @@ def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Exampl
     places, place = torch.unique(torch.stack([seq, pos]), dim=1, return_inverse=True)  # each read position once
     hidden = states[places[0], places[1] - torch.tensor(split, device=model.device)[places[0]]]  # [places, hidden]
     log_probs = F.log_softmax(model.head_logits(hidden).float(), dim=-1)  # [places, vocab]
-    token_log_probs = log_probs[place, token]  # [queries]
+    ends = answer_ends(model, prompt) if bool((token == END).any()) else None  # reading where an answer ends
+    token_log_probs = answer_token_log_probs(log_probs, place, token, ends)  # [queries]
     answer_log_probs = torch.zeros(len(examples), len(answers[0]), device=model.device)
     answer_log_probs = answer_log_probs.index_put((example, answer), token_log_probs, accumulate=True)
     objective.loss(prompt, examples, answer_log_probs).mean().backward()
