@@ -14,7 +14,7 @@ from autoprompt.bench import BenchConfig, _device_name, _timed
 from autoprompt.prompt import Prompt
 from autoprompt.runtime import has_fast_bf16, tune_cpu, tuned
 from autoprompt.scoring import encode_examples, greedy_tokens, score_targets, target_ids
-from autoprompt.scoring.generate import _ending_tokens
+from autoprompt.scoring.endings import ending_tokens
 
 if TYPE_CHECKING:
     from autoprompt.models import LanguageModel
@@ -29,7 +29,7 @@ def run_generation_bench(model: LanguageModel, task: Task, cfg: BenchConfig) -> 
         examples = random.Random(cfg.seed).sample(dev, min(cfg.examples, len(dev)))
         inputs = [e.input_ids for e in encode_examples(model, prompt, examples)]
         targets = target_ids(model, prompt, examples)
-        ends = _ending_tokens(model, None)
+        ends = ending_tokens(model)
         budget = prompt.generation.max_new_tokens
         score_targets(model, prompt, examples[:2])  # warm-up
         greedy_tokens(model, inputs[:2], 2, ends)

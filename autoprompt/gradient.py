@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from autoprompt.objective import Objective, objective_for
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring import Caches, PrefixCache, encode_examples, pad_right
+from autoprompt.scoring.endings import END, answer_ends, answer_token_log_probs
 
 if TYPE_CHECKING:
     from autoprompt.data import Example
@@ -52,7 +53,7 @@ def trigger_gradient(model: LanguageModel, prompt: Prompt, examples: list[Exampl
     slots = torch.arange(n_slots, device=model.device).repeat(len(rows))
     embeds = embedding[ids].index_put((slot_rows, slot_cols), trigger_embeds[slots])  # [batch, seq, hidden]
     states = model.hidden_states(None, inputs_embeds=embeds, **forward)
-    answer_log_probs = _answer_log_probs(model, states, queries, split, (len(examples), len(answers[0])))
+    answer_log_probs = _answer_log_probs(model, prompt, states, queries, split, (len(examples), len(answers[0])))
     objective.loss(prompt, examples, answer_log_probs).mean().backward()
     return -(one_hot.grad.float())
 
@@ -67,11 +68,12 @@ def training_loss(model: LanguageModel, prompt: Prompt, examples: list[Example],
     _, sequences, queries = _teacher_forced(encoded, answers)
     ids, mask = pad_right(sequences, model.pad_id, model.device)
     states = model.hidden_states(ids, mask)
-    answer_log_probs = _answer_log_probs(model, states, queries, [0] * len(sequences), (len(examples), len(answers[0])))
+    answer_log_probs = _answer_log_probs(model, prompt, states, queries, [0] * len(sequences),
+                                         (len(examples), len(answers[0])))
     return objective.loss(prompt, examples, answer_log_probs).mean()
 
 
-def _answer_log_probs(model: LanguageModel, states: torch.Tensor, queries, split: list[int],
+def _answer_log_probs(model: LanguageModel, prompt: Prompt, states: torch.Tensor, queries, split: list[int],
                       shape: tuple[int, int]) -> torch.Tensor:
     """Each example's answers' log-probabilities [n, n_answers] from the sequences' hidden states
     ([seq, len, hidden], each sequence's first ``split`` tokens cached elsewhere)."""
@@ -79,7 +81,8 @@ def _answer_log_probs(model: LanguageModel, states: torch.Tensor, queries, split
     places, place = torch.unique(torch.stack([seq, pos]), dim=1, return_inverse=True)  # each read position once
     hidden = states[places[0], places[1] - torch.tensor(split, device=model.device)[places[0]]]  # [places, hidden]
     log_probs = F.log_softmax(model.head_logits(hidden).float(), dim=-1)  # [places, vocab]
-    token_log_probs = log_probs[place, token]  # [queries]
+    ends = answer_ends(model, prompt) if bool((token == END).any()) else None  # reading where an answer ends
+    token_log_probs = answer_token_log_probs(log_probs, place, token, ends)  # [queries]
     answer_log_probs = torch.zeros(*shape, device=model.device)
     return answer_log_probs.index_put((example, answer), token_log_probs, accumulate=True)
 

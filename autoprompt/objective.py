@@ -5,7 +5,8 @@ candidates' scores and the selection metric all come from it, so the three agree
   multi-token word teacher-forced, in the gradient as in the candidates' scores); over the
   vocabulary (AutoPrompt) or renormalised over the labels; selection by the task's metric.
 - free-form answers scored by their first token (LAMA's precision@1): -log p(first target token);
-- generated answers: -log p(the whole target), teacher-forced; selection by the generated answers' metric.
+- generated answers: -log p(the whole target, then its end), teacher-forced; selection by the generated
+  answers' metric.
 """
 
 from __future__ import annotations
@@ -99,10 +100,12 @@ class FirstTokenObjective(_TargetTokensObjective):
 
 
 class TargetObjective(_TargetTokensObjective):
-    """Generated answers: -log p(the whole gold answer, then the token that ends it), teacher-forced
-    (GCG's objective, over many examples). The end token makes the likelihood agree with what the
-    answer is judged by: a prompt after which the model says the answer and goes on talking
-    fails exact match, and without it would score as well as one after which it stops."""
+    """Generated answers: -log p(the whole gold answer) - log p(it ends there), teacher-forced (GCG's
+    objective, over many examples); "it ends" is any token after which ``generate`` cuts the answer
+    right there (a newline, one of the task's stop strings, the end of text: ``end_tokens``). The end
+    makes the likelihood agree with what the answer is judged by: a prompt after which the model says
+    the answer and goes on talking fails exact match, and without it would score as well as one after
+    which it stops."""
 
     end = True
 

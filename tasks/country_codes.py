@@ -1,6 +1,7 @@
 """Country codes: a country's name in, its ISO 3166-1 alpha-3 code out (generated text, exact match).
 
 A transformation task: the answer is a short text the model must produce, not a label to choose.
+The answer is one code: generation also stops at ".", "," and a space ("FRA (France)" is "FRA").
 Data: ISO 3166-1 as pycountry ships it, split by seed into train / dev / test (tasks/data/README.md).
 """
 
@@ -14,6 +15,7 @@ task = Task(
     name="country_codes",
     template="Country: {country}\nISO 3166 alpha-3 code:[P]",
     metric="exact_match",
+    stop=(".", ",", " "),
     splits={split: read_examples(DATA / f"{split}.jsonl", fields=["country"], answer="code")
             for split in ("train", "dev", "test")},
     description="ISO 3166-1: a country's name -> its alpha-3 code (generated, exact match).",

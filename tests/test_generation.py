@@ -64,6 +64,29 @@ def test_generation_stops_at_a_newline_after_words_and_at_stop_strings(causal_lm
     assert len(out) == 6 and all("\n" not in text for text in out)
 
 
+@pytest.mark.parametrize("stop", [(".",), "said", (" ", ", ")])
+def test_stopping_at_a_stop_string_token_gives_the_same_answers(causal_lm, stop) -> None:
+    from autoprompt.scoring.endings import ending_tokens, stop_tokens
+    from autoprompt.scoring.generate import cut
+
+    examples = code_task().examples("train") + code_task().examples("dev")
+    inputs = [e.input_ids for e in encode_examples(causal_lm, Prompt.from_task(code_task()), examples)]
+    full = greedy_tokens(causal_lm, inputs, 12, ending_tokens(causal_lm))
+    if stop == "said":  # a stop string the tiny model really says: its answers end early
+        said = [t for t in causal_lm.tokenizer.batch_decode([[t] for row in full for t in row]) if t.strip()]
+        stop = (max(said, key=said.count).strip()[-1:],)
+    task = code_task(stop=stop, max_new_tokens=12)
+    prompt = Prompt.from_task(task)
+    expected = [cut(causal_lm.tokenizer.decode(tokens), stop) for tokens in full]
+    assert generate(causal_lm, prompt, examples) == expected
+    cut_at = stop_tokens(causal_lm, stop)
+    if stop == (" ", ", "):
+        assert cut_at is None  # a stop string that cut() may strip is cut in the text only
+    elif stop != (".",):
+        early = greedy_tokens(causal_lm, inputs, 12, ending_tokens(causal_lm), cut_at)
+        assert sum(map(len, early)) < sum(map(len, full))
+
+
 def test_whole_target_likelihood_equals_a_plain_forward(causal_lm) -> None:
     task = code_task()
     prompt = Prompt.from_task(task)
@@ -77,8 +100,22 @@ def test_whole_target_likelihood_equals_a_plain_forward(causal_lm) -> None:
         assert len(target) > 1 and got == pytest.approx(expected, abs=1e-4), example.answer
 
 
-def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm) -> None:
-    task = code_task()
+def _plain_target_loss(model, enc, target, embeds=None, stop=()) -> torch.Tensor:
+    """-log p(answer) - log p(any token that ends it) by one plain forward of the unsplit sequence."""
+    from autoprompt.scoring.endings import END, end_tokens
+
+    assert target[-1] == END  # the objective: the answer, then the end of the answer
+    ids = torch.tensor(list(enc.input_ids) + target[:-1])
+    logits = model.hf_model(inputs_embeds=embeds[None]).logits if embeds is not None else model.hf_model(ids[None]).logits
+    log_probs = torch.log_softmax(logits[0].float(), dim=-1)
+    answer = sum(log_probs[enc.answer_position + k, t] for k, t in enumerate(target[:-1]))
+    ends = torch.logsumexp(log_probs[enc.answer_position + len(target) - 1][end_tokens(model, stop)], dim=0)
+    return -(answer + ends)
+
+
+@pytest.mark.parametrize("stop", [(), (".", " ")])
+def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm, stop) -> None:
+    task = code_task(stop=stop)
     base = Prompt.from_task(task)
     prompt = Prompt(base.template.replace("\nCode:", " [T] [T]\nCode:"), fields=base.fields,
                     generation=base.generation).with_triggers([30, 31], ["a", "b"])
@@ -90,15 +127,12 @@ def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm) -
     one_hot[torch.arange(2), torch.tensor([30, 31])] = 1
     one_hot.requires_grad_(True)
     total = 0
-    newline = causal_lm.tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
     for enc, target in zip(encode_examples(causal_lm, prompt, examples),
                            target_ids(causal_lm, prompt, examples, end=True), strict=True):
-        assert target[-1] == newline  # the objective: the answer, then the end of the answer
-        embeds = embedding[torch.tensor(list(enc.input_ids) + target)].clone()
+        embeds = embedding[torch.tensor(list(enc.input_ids) + target[:-1])].clone()
         for slot, position in enumerate(enc.trigger_positions):
             embeds[position] = one_hot[slot] @ embedding
-        log_probs = torch.log_softmax(causal_lm.hf_model(inputs_embeds=embeds[None]).logits[0].float(), dim=-1)
-        total = total - sum(log_probs[enc.answer_position + k, t] for k, t in enumerate(target))
+        total = total + _plain_target_loss(causal_lm, enc, target, embeds, stop)
     (total / len(examples)).backward()
     got = trigger_gradient(causal_lm, prompt, examples, objective)
     torch.testing.assert_close(got, -one_hot.grad, rtol=0, atol=1e-4 * float(one_hot.grad.abs().max()))
@@ -107,24 +141,30 @@ def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm) -
     losses = objective.candidate_losses(causal_lm, prompt, examples, candidates)
     for row, ids in enumerate(candidates):
         swapped = prompt.with_triggers(list(ids), ["x", "y"])
-        plain = []
-        for enc, target in zip(encode_examples(causal_lm, swapped, examples),
-                               target_ids(causal_lm, swapped, examples, end=True), strict=True):
-            lp = torch.log_softmax(causal_lm.hf_model(torch.tensor([list(enc.input_ids) + target])).logits[0].float(), -1)
-            plain.append(-sum(lp[enc.answer_position + k, t].item() for k, t in enumerate(target)))
+        with torch.no_grad():
+            plain = [_plain_target_loss(causal_lm, enc, target, stop=stop).item() for enc, target in
+                     zip(encode_examples(causal_lm, swapped, examples),
+                         target_ids(causal_lm, swapped, examples, end=True), strict=True)]
         assert losses[row] == pytest.approx(np.mean(plain), abs=1e-4)
 
 
-def test_the_end_of_an_answer_is_a_newline_or_the_chat_turns_end(causal_lm) -> None:
-    from autoprompt.scoring.encode import end_of_answer
+def test_an_answer_ends_at_a_newline_a_stop_string_or_the_end_of_text(causal_lm) -> None:
+    from autoprompt.scoring.endings import END, end_tokens
 
-    prompt = Prompt.from_task(code_task())
-    assert causal_lm.tokenizer.decode(end_of_answer(causal_lm, prompt)) == "\n"
-    if causal_lm.tokenizer.eos_token_id is not None:
-        assert end_of_answer(causal_lm, replace(prompt, chat=True)) == [causal_lm.tokenizer.eos_token_id]
+    texts = causal_lm.tokenizer.batch_decode([[i] for i in range(causal_lm.vocab_size)])
+    plain, stopped = end_tokens(causal_lm), end_tokens(causal_lm, (".",))
+    newline = causal_lm.tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    assert plain[newline] and stopped[newline] and plain[causal_lm.tokenizer.eos_token_id]
+    for i, text in enumerate(texts):
+        if i == causal_lm.tokenizer.eos_token_id:
+            continue
+        assert bool(plain[i]) == text.lstrip(" \t").startswith("\n"), text
+        assert bool(stopped[i]) == (text.lstrip(" \t").startswith("\n") or text.startswith(".")), text
+    assert stopped.sum() > plain.sum()  # the tiny tokenizer has tokens that start with "."
     examples = code_task().examples("dev")
-    plain, ended = target_ids(causal_lm, prompt, examples), target_ids(causal_lm, prompt, examples, end=True)
-    assert plain and all(b == a + end_of_answer(causal_lm, prompt) for a, b in zip(plain, ended, strict=True))
+    prompt = Prompt.from_task(code_task())
+    bare, ended = target_ids(causal_lm, prompt, examples), target_ids(causal_lm, prompt, examples, end=True)
+    assert bare and all(b == a + [END] for a, b in zip(bare, ended, strict=True))
 
 
 # --- the metrics ----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ class Caches:
 
     head: tuple[Any, Any] | None = None  # (key, per-layer (keys, values))
     pool: tuple[Any, Any] | None = None  # (key, [pool, hidden] embeddings)
-    ends: tuple[Any, Any] | None = None  # (key, the tokens that end a generated answer: [vocab] bool)
 
     def get(self, slot: str, key: Any) -> Any | None:
         kept = getattr(self, slot)

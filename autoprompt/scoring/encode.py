@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from autoprompt.errors import InputTooLong, TemplateError
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.demos import nearest_demonstrations
+from autoprompt.scoring.endings import END
 from autoprompt.template import Encoded
 
 if TYPE_CHECKING:
@@ -68,10 +69,11 @@ def label_word_ids(model: LanguageModel, prompt: Prompt) -> list[list[list[int]]
 
 def target_ids(model: LanguageModel, prompt: Prompt, examples: list[Example], *, end: bool = False) -> list[list[int]]:
     """Token ids of each example's free-form target as the answer at [P] (a masked LM: its first).
-    ``end``: followed by the token that ends a generated answer (a causal LM's newline; in a chat
-    prompt its end-of-turn token), so a likelihood objective also rewards stopping where the answer ends."""
+    ``end``: followed by ``END``, where a likelihood reads the probability that the answer ends there (a
+    newline, a stop string, the end of text: ``end_tokens``), so it also rewards stopping where the
+    answer ends."""
     template = render_template(model, prompt)
-    stop = end_of_answer(model, prompt) if end and model.is_causal else []
+    stop = [END] if end and model.is_causal else []
     targets = []
     for example in examples:
         target = model.renderer.answer_ids(example.answer or "", template)
@@ -83,12 +85,3 @@ def target_ids(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
                                f"{model.max_length} with its prompt")
         targets.append(target if model.is_causal else target[:1])  # a masked LM fills one slot
     return targets
-
-
-def end_of_answer(model: LanguageModel, prompt: Prompt) -> list[int]:
-    """The token a generated answer ends with: the end of the assistant's turn in a chat prompt (where
-    the tokenizer has one), else a newline."""
-    eos = model.tokenizer.eos_token_id
-    if prompt.chat and eos is not None:
-        return [eos]
-    return model.tokenizer("\n", add_special_tokens=False)["input_ids"][-1:]

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from autoprompt.errors import TemplateError
 from autoprompt.scoring.batching import MAX_ROWS, pack_batches, pad_right
 from autoprompt.scoring.caches import Caches
+from autoprompt.scoring.endings import answer_token_log_probs
 from autoprompt.scoring.prefix import COMMON_PREFIX_MIN, PrefixCache
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ class Queries:
     starts with it."""
 
     def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None,
-                 head_rows: list[int] | None = None, caches: Caches | None = None) -> None:
+                 head_rows: list[int] | None = None, caches: Caches | None = None,
+                 ends: torch.Tensor | None = None) -> None:
         self.prefix_cache = prefix_cache
         self.caches = caches
         self.head_rows = head_rows  # the only vocabulary rows asked for (logits, not log-probs)  # prefixes encoded earlier; else computed in run()
@@ -39,6 +41,7 @@ class Queries:
         self._seq_index: dict[tuple[int, tuple[int, ...]], int] = {}
         self.seq, self.pos, self.token, self.out, self.is_first = [], [], [], [], []
         self.want_rank = want_rank
+        self.ends = ends  # what an END query reads (endings.py)
 
     def add_answer(self, enc: Encoded, answer: list[int], *, out_index: int, causal: bool,
                    split_at: int | None = None) -> None:
@@ -105,7 +108,8 @@ class Queries:
             for batch, log_probs in self._forward(model, batch_tokens, vocab_rows, lambda b: self._rows(
                     b, order, starts, seq, pos, row_of_seq, model.device)):
                 q = np.concatenate([order[starts[s] : starts[s + 1]] for s in batch])  # queries of this batch
-                gold = log_probs.gather(1, torch.as_tensor(token[q], device=model.device)[:, None])[:, 0]
+                gold = answer_token_log_probs(log_probs, torch.arange(len(q), device=model.device),
+                                              torch.as_tensor(token[q], device=model.device), self.ends)
                 token_log_probs[q] = gold.cpu().numpy()
                 if self.want_rank:
                     ranks[q] = (log_probs > gold[:, None]).sum(dim=1).cpu().numpy()

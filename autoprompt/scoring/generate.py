@@ -14,6 +14,7 @@ from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring.batching import MAX_ROWS, pack_batches
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.encode import encode_examples
+from autoprompt.scoring.endings import ending_tokens, stop_tokens
 
 if TYPE_CHECKING:
     from autoprompt.data import Example
@@ -32,23 +33,24 @@ def generate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, c
     stop = settings.stop if settings else ()
     inputs = [e.input_ids for e in encode_examples(model, prompt, examples, caches)]
     out: list[str] = [""] * len(inputs)
-    ends = _ending_tokens(model, caches)
+    ends, cut_at = ending_tokens(model), stop_tokens(model, stop)
     budget = batch_tokens or model.batch_tokens
     lengths = [len(ids) + budget_new for ids in inputs]
     with torch.inference_mode():
         for batch in pack_batches(lengths, budget, max_rows=MAX_ROWS):
             limit = budget_new if model.max_length is None else min(
                 budget_new, model.max_length - max(len(inputs[i]) for i in batch))
-            tokens = greedy_tokens(model, [inputs[i] for i in batch], max(limit, 1), ends)
+            tokens = greedy_tokens(model, [inputs[i] for i in batch], max(limit, 1), ends, cut_at)
             for i, new in zip(batch, tokens, strict=True):
                 out[i] = cut(model.tokenizer.decode(new), stop)
     return out
 
 
 def greedy_tokens(model: LanguageModel, inputs: list[list[int]], max_new_tokens: int,
-                  ends: torch.Tensor | None = None) -> list[list[int]]:
+                  ends: torch.Tensor | None = None, cut_at: torch.Tensor | None = None) -> list[list[int]]:
     """The greedy continuation of each input, [rows][tokens], up to ``max_new_tokens``; a row is done at a
-    token of ``ends`` (a bool mask over the vocabulary) once it has generated something else before."""
+    token of ``ends`` (a bool mask over the vocabulary) once it has generated something else before, or
+    just after a token of ``cut_at`` (kept: one that holds a stop string)."""
     from transformers import DynamicCache
 
     device, rows = model.device, len(inputs)
@@ -75,20 +77,25 @@ def greedy_tokens(model: LanguageModel, inputs: list[list[int]], max_new_tokens:
             is_end = ends[next_ids]
             done |= is_end & started
             started |= ~is_end
+        if cut_at is not None:
+            done |= cut_at[next_ids]
         if bool(done.all()):
             break
         step_ids, positions = next_ids[:, None], positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
-    return [_until_end(row, ends) for row in generated.tolist()]
+    return [_until_end(row, ends, cut_at) for row in generated.tolist()]
 
 
-def _until_end(tokens: list[int], ends: torch.Tensor | None) -> list[int]:
-    """A row's tokens up to (not with) its first ending token after some other token."""
+def _until_end(tokens: list[int], ends: torch.Tensor | None, cut_at: torch.Tensor | None = None) -> list[int]:
+    """A row's tokens up to (not with) its first ending token after some other token, or up to (with)
+    its first token of ``cut_at``."""
     started = False
     for k, token in enumerate(tokens):
         is_end = ends is not None and bool(ends[token])
         if is_end and started:
             return tokens[:k]
+        if cut_at is not None and bool(cut_at[token]):
+            return tokens[: k + 1]
         started |= not is_end
     return tokens
 
@@ -99,18 +106,3 @@ def cut(text: str, stop: tuple[str, ...] = ()) -> str:
     ends = [body.find("\n")] + [body.find(s) for s in stop]
     ends = [e for e in ends if e >= 0]
     return (body[: min(ends)] if ends else body).strip()
-
-
-def _ending_tokens(model: LanguageModel, caches: Caches | None) -> torch.Tensor:
-    """Tokens that end an answer: end of text, and every token whose text holds a newline. [vocab] bool"""
-    key = (id(model.tokenizer), "ending tokens")
-    kept = caches.get("ends", key) if caches is not None else None
-    if kept is not None:
-        return kept
-    texts = model.tokenizer.batch_decode([[i] for i in range(model.vocab_size)])
-    ends = torch.tensor(["\n" in t for t in texts])
-    for special in (model.tokenizer.eos_token_id, model.tokenizer.pad_token_id):
-        if special is not None and special < model.vocab_size:
-            ends[special] = True
-    ends = ends.to(model.device)
-    return caches.keep("ends", key, ends) if caches is not None else ends

@@ -14,6 +14,7 @@ from autoprompt.errors import TemplateError
 from autoprompt.runtime import cpu_tuned
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.encode import encode_examples, label_word_ids, target_ids
+from autoprompt.scoring.endings import answer_ends
 from autoprompt.scoring.engine import Queries
 from autoprompt.scoring.prefix import PrefixCache
 from autoprompt.template import Encoded
@@ -99,7 +100,8 @@ def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example],
     With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
     encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache, caches)
     targets = [t[:1] if first_token else t for t in target_ids(model, prompt, examples, end=end)]
-    queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches)
+    queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches,
+                      ends=answer_ends(model, prompt) if end and model.is_causal else None)
     for i, enc in enumerate(encoded):
         queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
     log_probs = queries.run(model, batch_tokens, progress)
