@@ -5,7 +5,6 @@ and a generation task end to end (both searches, its prompt file, predict, the C
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
