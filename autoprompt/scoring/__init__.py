@@ -12,7 +12,7 @@ from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.demos import embed_texts, nearest_demonstrations
 from autoprompt.scoring.encode import encode_examples, label_word_ids, render_template, target_ids
 from autoprompt.scoring.engine import Queries
-from autoprompt.scoring.evaluate import Evaluation, evaluate
+from autoprompt.scoring.evaluate import Evaluation, combine_evaluations, evaluate
 from autoprompt.scoring.generate import generate, greedy_tokens
 from autoprompt.scoring.prefix import COMMON_PREFIX_MIN, PrefixCache, common_head, head_cache
 from autoprompt.scoring.scores import (
@@ -27,7 +27,7 @@ from autoprompt.scoring.scores import (
 
 __all__ = [
     "CONTENT_FREE", "COMMON_PREFIX_MIN", "Caches", "DEFAULT_BATCH_TOKENS", "Evaluation", "MAX_ROWS", "PrefixCache",
-    "Queries", "calibrate", "generate", "greedy_tokens", "common_head", "content_free_calibration", "embed_texts", "encode_examples", "evaluate",
+    "Queries", "calibrate", "combine_evaluations", "generate", "greedy_tokens", "common_head", "content_free_calibration", "embed_texts", "encode_examples", "evaluate",
     "head_cache", "label_word_ids", "log_normalize", "nearest_demonstrations", "pack_batches", "pad_right",
     "render_template", "score_labels", "score_targets", "target_ids", "task_loss",
 ]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoprompt.answers import JUDGES, answer_scores
+from autoprompt.ensemble import Ensemble, mean_probs, vote
 from autoprompt.errors import TemplateError
 from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
 from autoprompt.models.adapters import bind
@@ -17,6 +18,7 @@ from autoprompt.scoring.prefix import PrefixCache
 from autoprompt.scoring.scores import score_labels, score_targets
 
 if TYPE_CHECKING:
+    from autoprompt.answers import Generation
     from autoprompt.data import Example
     from autoprompt.models import LanguageModel
     from autoprompt.prompt import Prompt
@@ -35,11 +37,15 @@ class Evaluation:
     scores: np.ndarray | None = None  # [n_examples], generated answers: each one's value of the metric
 
 
-def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, metric: str = "accuracy",
+def evaluate(model: LanguageModel, prompt: Prompt | Ensemble, examples: list[Example], *, metric: str = "accuracy",
              prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None,
              progress: bool = False, caches: Caches | None = None) -> Evaluation:
     """Score a prompt on labelled examples: predictions and metrics (a prompt with an adapter: on the
-    model with it)."""
+    model with it; an ensemble: each member in turn, batched over the examples, then combined)."""
+    if isinstance(prompt, Ensemble):
+        members = [evaluate(model, m, examples, metric=metric, batch_tokens=batch_tokens, progress=progress)
+                   for m in prompt.members]
+        return combine_evaluations(prompt, members, examples, metric)
     model, prompt = bind(model, prompt)
     if prompt.generation is not None:
         return _evaluate_generated(model, prompt, examples, metric, batch_tokens, progress, caches)
@@ -50,12 +56,7 @@ def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, m
                                     f"({', '.join(prompt.labels)})")
         scores = score_labels(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
                               progress=progress, caches=caches)
-        labels = prompt.labels
-        predicted = [labels[k] for k in scores.argmax(axis=1)]
-        gold = [e.answer for e in examples]
-        metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
-                   "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
-        return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
+        return _label_evaluation(scores, prompt.labels, examples, metric)
     log_probs, ranks, top = score_targets(model, prompt, examples, prefix_cache=prefix_cache,
                                           batch_tokens=batch_tokens, progress=progress, caches=caches)
     predicted = [model.tokenizer.decode([t]).strip() for t in top]
@@ -63,14 +64,40 @@ def evaluate(model: LanguageModel, prompt: Prompt, examples: list[Example], *, m
     return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
 
 
+def combine_evaluations(ensemble: Ensemble, members: list[Evaluation], examples: list[Example],
+                        metric: str) -> Evaluation:
+    """The ensemble's evaluation from its members' on the same examples (members best first): their
+    label probabilities averaged, or a vote over their generated answers."""
+    if ensemble.combine == "mean_probs":  # (each member's columns in the ensemble's label order)
+        scores = [m.label_log_probs[:, [m.labels.index(label) for label in ensemble.labels]] for m in members]
+        return _label_evaluation(mean_probs(scores), ensemble.labels, examples, metric)
+    settings = ensemble.generation
+    predicted = vote([m.predictions for m in members], settings.normalize)
+    log_probs = np.mean([m.target_log_probs for m in members], axis=0)  # [n]: the members' mean, for the metrics
+    return _generated_evaluation(predicted, log_probs, examples, metric, settings)
+
+
+def _label_evaluation(scores: np.ndarray, labels: list[str], examples: list[Example], metric: str) -> Evaluation:
+    """Predictions and metrics from label scores [n_examples, n_labels]."""
+    predicted = [labels[k] for k in scores.argmax(axis=1)]
+    gold = [e.answer for e in examples]
+    metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
+               "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
+    return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
+
+
 def _evaluate_generated(model: LanguageModel, prompt: Prompt, examples: list[Example], metric: str,
                         batch_tokens: int | None, progress: bool, caches: Caches | None) -> Evaluation:
     """Generated answers, judged by every generation metric (and the task's own), and the gold answer's
     log-likelihood beside them."""
-    settings = prompt.generation
     predicted = generate(model, prompt, examples, caches=caches, batch_tokens=batch_tokens)
     log_probs, _, _ = score_targets(model, prompt, examples, batch_tokens=batch_tokens, progress=progress,
                                     caches=caches)
+    return _generated_evaluation(predicted, log_probs, examples, metric, prompt.generation)
+
+
+def _generated_evaluation(predicted: list[str], log_probs: np.ndarray, examples: list[Example], metric: str,
+                          settings: Generation) -> Evaluation:
     golds = [e.golds for e in examples]
     per_example = {name: answer_scores(name, predicted, golds, settings.normalize) for name in JUDGES}
     if settings.metric_fn is not None:
