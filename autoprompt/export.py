@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError
 from autoprompt.prompt import DEMO_SEPARATOR, Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, to_json
@@ -35,7 +36,10 @@ def export_prompt(source: str | os.PathLike, fmt: str, *, runs_dir: str | os.Pat
     if fmt not in FORMATS:
         raise AutoPromptError(f"unknown export format {fmt!r}; formats are: {', '.join(FORMATS)}")
     pf, task_spec = _read_source(source, runs_dir)
-    if pf.prompt.adapter is not None:  # the text is not the prompt: the model reads learned tensors too
+    if isinstance(pf.prompt, Ensemble) and fmt != "json":
+        raise AutoPromptError(f"{source}: this prompt file is an ensemble of {len(pf.prompt.members)} prompts, which a "
+                              f"{fmt} export cannot express (one text); export json, or use it with load_prompt")
+    if not isinstance(pf.prompt, Ensemble) and pf.prompt.adapter is not None:  # the text is not the prompt: the model reads learned tensors too
         raise AutoPromptError(f"{source}: this prompt runs with its {pf.prompt.adapter.kind} adapter (a safetensors "
                               "file), which no export format carries; use the prompt file with load_prompt")
     if fmt == "json":

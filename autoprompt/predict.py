@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from autoprompt.data import Example
+from autoprompt.ensemble import Ensemble, label_probs, mean_probs, vote
 from autoprompt.errors import ModelError, PromptFileError, TemplateError
 from autoprompt.models import LanguageModel, load_model
 from autoprompt.models.adapters import bind
@@ -25,14 +26,16 @@ Input = str | dict[str, Any]
 
 
 class Predictor:
-    """A prompt bound to its model, ready to predict."""
+    """A prompt (or an ensemble of prompts) bound to its model, ready to predict."""
 
-    def __init__(self, prompt: Prompt, model: LanguageModel, *, info: PromptFile | None = None) -> None:
+    def __init__(self, prompt: Prompt | Ensemble, model: LanguageModel, *, info: PromptFile | None = None) -> None:
         self.prompt = prompt
         self.model = model
         self.info = info
-        self.caches = Caches()  # the demonstrations' KV cache, the "similar" pool's embeddings
-        self._scored = bind(model, prompt)  # the model with the prompt's adapter, and the prompt it scores
+        members = prompt.members if isinstance(prompt, Ensemble) else (prompt,)
+        # each member: the model with its adapter and the prompt it scores, and its own caches (the
+        # demonstrations' KV cache, the "similar" pool's embeddings)
+        self._members = [(bind(model, m), Caches()) for m in members]
 
     @property
     def labels(self) -> list[str]:
@@ -42,36 +45,43 @@ class Predictor:
         """The predicted label (or answer) for one input or a list of inputs."""
         single = not isinstance(inputs, list)
         examples = self._examples(inputs)
-        model, prompt = self._scored
-        if prompt.is_classification:
-            scores = score_labels(model, prompt, examples, caches=self.caches)
-            out = [self.labels[k] for k in scores.argmax(axis=1)]
-        elif prompt.generation is not None:  # the answer the model generates
-            out = generate(model, prompt, examples, caches=self.caches)
+        if self.prompt.is_classification:
+            out = [self.labels[k] for k in self._label_scores(examples).argmax(axis=1)]
+        elif self.prompt.generation is not None:  # the answer the model generates (an ensemble's vote)
+            answers = [generate(model, prompt, examples, caches=caches) for (model, prompt), caches in self._members]
+            out = answers[0] if len(answers) == 1 else vote(answers, self.prompt.generation.normalize)
         else:
-            _, _, top = score_targets(model, prompt, [_with_answer(e) for e in examples], caches=self.caches)
+            (model, prompt), caches = self._members[0]
+            _, _, top = score_targets(model, prompt, [_with_answer(e) for e in examples], caches=caches)
             out = [model.tokenizer.decode([t]).strip() for t in top]
         return out[0] if single else out
 
     def predict_proba(self, inputs: Input | list[Input]) -> dict[str, float] | list[dict[str, float]]:
-        """Probability of each label, normalised over the labels, for one input or a list."""
+        """Probability of each label, normalised over the labels, for one input or a list (an ensemble: the
+        mean of its members')."""
         if not self.prompt.is_classification:
             raise TemplateError("predict_proba needs a classification prompt (one with labels); this one "
                                 + ("generates its answers: use predict" if self.prompt.generation else
                                    "answers with a free-form word: use predict"))
         single = not isinstance(inputs, list)
-        scores = score_labels(*self._scored, self._examples(inputs), caches=self.caches)
-        probs = np.exp(scores - scores.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = label_probs(self._label_scores(self._examples(inputs)))
         out = [dict(zip(self.labels, map(float, row), strict=False)) for row in probs]
         return out[0] if single else out
 
+    def _label_scores(self, examples: list[Example]) -> np.ndarray:
+        """The label log-probs [n, labels]: the prompt's, or the log of its members' mean label probabilities."""
+        scores = [score_labels(model, prompt, examples, caches=caches) for (model, prompt), caches in self._members]
+        return scores[0] if len(scores) == 1 else mean_probs(scores)
+
     def render(self, example: Input) -> str:
-        """The prompt text the model reads for one input (up to the answer)."""
+        """The prompt text the model reads for one input (up to the answer); an ensemble's members' in turn."""
+        if isinstance(self.prompt, Ensemble):
+            return "\n\n".join(f"--- member {n + 1} of {len(self.prompt.members)} ---\n" +
+                                 Predictor(m, self.model).render(example) for n, m in enumerate(self.prompt.members))
         example = self._examples(example)[0]
         fields, prompt = example.fields, self.prompt
         if prompt.demo_k:  # the demonstrations this input is shown
-            demos = nearest_demonstrations(self.model, prompt, [example], self.caches)[0]
+            demos = nearest_demonstrations(self.model, prompt, [example], self._members[0][1])[0]
             prompt = replace(prompt, demonstrations=demos, demo_k=0)
         template = render_template(self.model, prompt)
         answer = None if self.model.is_causal else self.model.tokenizer.mask_token
@@ -80,7 +90,9 @@ class Predictor:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the prompt as a prompt file (atomically), with what is known of it (task, metrics, search)."""
         info = self.info or PromptFile(self.prompt)
-        return save_prompt_file(replace(info, prompt=replace(self.prompt, model=self.model.ref)), path)
+        prompt = self.prompt.for_model(self.model.ref) if isinstance(self.prompt, Ensemble) else \
+            replace(self.prompt, model=self.model.ref)
+        return save_prompt_file(replace(info, prompt=prompt), path)
 
     def _examples(self, inputs: Input | list[Input]) -> list[Example]:
         items = inputs if isinstance(inputs, list) else [inputs]
@@ -127,15 +139,22 @@ def load_prompt(path: str | os.PathLike, *, model: str | LanguageModel | None = 
         if not allow_tokenizer_mismatch:
             raise PromptFileError(message + " (allow_tokenizer_mismatch=True to use it anyway)")
         log.warning(message)
-    too_big = [i for i in info.prompt.trigger_ids if i >= lm.vocab_size]
-    if too_big:
-        raise PromptFileError(f"{path}: trigger ids {too_big} are outside the vocabulary of {lm.name} "
-                              f"({lm.vocab_size} tokens)")
-    adapter = info.prompt.adapter
-    if adapter is not None and adapter.base_model != lm.weights_fingerprint:
-        raise PromptFileError(f"{path}: its {adapter.kind} adapter was trained on another base model (weights "
-                              f"{adapter.base_model}) than {lm.name} ({lm.weights_fingerprint})")
+    members = info.prompt.members if isinstance(info.prompt, Ensemble) else (info.prompt,)
+    for prompt in members:
+        _check_fits(path, prompt, lm)
     try:
         return Predictor(info.prompt, lm, info=info)
     except ModelError as exc:  # the adapter's tensors do not fit the model
         raise PromptFileError(f"{path}: {exc}") from None
+
+
+def _check_fits(path: str | os.PathLike, prompt: Prompt, lm: LanguageModel) -> None:
+    """A prompt of the file runs on this model: its trigger ids in the vocabulary, its adapter for these weights."""
+    too_big = [i for i in prompt.trigger_ids if i >= lm.vocab_size]
+    if too_big:
+        raise PromptFileError(f"{path}: trigger ids {too_big} are outside the vocabulary of {lm.name} "
+                              f"({lm.vocab_size} tokens)")
+    adapter = prompt.adapter
+    if adapter is not None and adapter.base_model != lm.weights_fingerprint:
+        raise PromptFileError(f"{path}: its {adapter.kind} adapter was trained on another base model (weights "
+                              f"{adapter.base_model}) than {lm.name} ({lm.weights_fingerprint})")

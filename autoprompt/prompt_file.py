@@ -3,7 +3,8 @@
 v1 is a prompt alone; v2 adds "adapter": the learned tensors the prompt runs with (a soft prompt,
 LoRA weights), in a safetensors file beside the prompt file, named there with its sha256 and the
 fingerprint of the base model's weights. A v1 file is written whenever there is no adapter, so
-every prompt file of the earlier kinds reads (and is written) as before."""
+every prompt file of the earlier kinds reads (and is written) as before. v3 is an ensemble
+(autoprompt.ensemble): "members", each a whole v1 prompt object validated as one, and "combine"."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 from autoprompt.adapter import KINDS, Adapter, read_adapter, write_adapter
 from autoprompt.answers import DEFAULT_NORMALIZE, NORMALIZE_STEPS, Generation
 from autoprompt.data import Example
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError, PromptFileError, TemplateError
 from autoprompt.files import write_atomic
 from autoprompt.prompt import ModelRef, Prompt
@@ -25,7 +27,8 @@ from autoprompt.template import parse_template
 
 FORMAT = "autoprompt.prompt/v1"
 FORMAT_ADAPTER = "autoprompt.prompt/v2"  # a prompt with an adapter
-FORMATS = (FORMAT, FORMAT_ADAPTER)
+FORMAT_ENSEMBLE = "autoprompt.prompt/v3"  # an ensemble of v1 prompts
+FORMATS = (FORMAT, FORMAT_ADAPTER, FORMAT_ENSEMBLE)
 SUFFIX = ".prompt.json"
 ADAPTER_SUFFIX = ".adapter.safetensors"
 MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not one
@@ -34,13 +37,14 @@ MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file ne
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
              "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search", "generation"}
 _REQUIRED = {"format", "template", "model", "task"}
+_ENSEMBLE_KEYS = {"format", "autoprompt_version", "created", "task", "combine", "members", "metrics", "search"}
 
 
 @dataclass
 class PromptFile:
     """A Prompt with what the file says about it: task, metrics, how it was found."""
 
-    prompt: Prompt
+    prompt: Prompt | Ensemble
     task_name: str = ""
     metric: str = "accuracy"
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> metric -> value
@@ -55,6 +59,8 @@ def to_json(pf: PromptFile, adapter: dict[str, Any] | None = None) -> dict[str, 
     from autoprompt.version import __version__
 
     p = pf.prompt
+    if isinstance(p, Ensemble):
+        return _ensemble_json(pf)
     if p.model is None:
         raise PromptFileError("a prompt file needs the model the prompt was made for")
     if (p.adapter is None) != (adapter is None):
@@ -89,7 +95,7 @@ def save_prompt_file(pf: PromptFile, path: str | os.PathLike) -> Path:
     ``<name>.adapter.safetensors`` beside it, so the prompt file never names a file not yet there."""
     path = Path(path)
     entry = None
-    adapter = pf.prompt.adapter
+    adapter = None if isinstance(pf.prompt, Ensemble) else pf.prompt.adapter  # (ensemble members have none)
     if adapter is not None:
         target = path.with_name(adapter_file_name(path))
         entry = {"kind": adapter.kind, "file": target.name, "sha256": write_adapter(adapter, target),
@@ -136,6 +142,8 @@ def from_json(data: Any, folder: Path | None = None) -> PromptFile:
     malformed raises PromptFileError, naming the field where it can. ``folder``: where the
     prompt file is, for its adapter file (a file with an adapter needs it)."""
     _check_top(data)
+    if data["format"] == FORMAT_ENSEMBLE:
+        return _ensemble_from_json(data)
     adapter = _adapter(data.get("adapter"), folder)
     task = _typed(data["task"], dict, "task")
     model = _model_ref(_typed(data["model"], dict, "model"))
@@ -179,10 +187,50 @@ def _check_top(data: Any) -> None:
                f"not an autoprompt prompt file (format {fmt!r}, expected {FORMAT!r})")
         raise PromptFileError(f"format {fmt!r} is not one this version reads ({', '.join(FORMATS)}); "
                               "upgrade autoprompt or re-export the prompt")
-    unknown = sorted(set(data) - _TOP_KEYS - ({"adapter"} if fmt == FORMAT_ADAPTER else set()))
+    known = _ENSEMBLE_KEYS if fmt == FORMAT_ENSEMBLE else _TOP_KEYS | ({"adapter"} if fmt == FORMAT_ADAPTER else set())
+    unknown = sorted(set(data) - known)
     _check(not unknown, f"unknown keys: {', '.join(unknown)}")
-    missing = sorted(_REQUIRED - set(data))
+    required = {"format", "task", "combine", "members"} if fmt == FORMAT_ENSEMBLE else _REQUIRED
+    missing = sorted(required - set(data))
     _check(not missing, f"missing keys: {', '.join(missing)}")
+
+
+def _ensemble_json(pf: PromptFile) -> dict[str, Any]:
+    """A v3 file: the ensemble's own metrics and search, each member a whole v1 prompt object."""
+    members = [to_json(PromptFile(m, task_name=pf.task_name, metric=pf.metric, search={}, created=pf.created,
+                                  autoprompt_version=pf.autoprompt_version)) for m in pf.prompt.members]
+    first = members[0]
+    return {"format": FORMAT_ENSEMBLE, "autoprompt_version": first["autoprompt_version"], "created": first["created"],
+            "task": first["task"], "combine": pf.prompt.combine, "members": members, "metrics": pf.metrics,
+            "search": pf.search}
+
+
+def _ensemble_from_json(data: dict[str, Any]) -> PromptFile:
+    """An ensemble file: every member read as a v1 prompt file would be, then the ensemble checked."""
+    members = _typed(data["members"], list, "members")
+    _check(len(members) >= 2, f"members: an ensemble needs at least two prompts, not {len(members)}")
+    prompts = []
+    for n, member in enumerate(members):
+        _check(isinstance(member, dict) and member.get("format") == FORMAT,
+               f"members[{n}] must be a prompt object of format {FORMAT!r}")
+        try:
+            prompts.append(from_json(member).prompt)
+        except PromptFileError as exc:
+            raise PromptFileError(f"members[{n}]: {exc}") from None
+    combine = _typed(data["combine"], str, "combine")
+    try:
+        ensemble = Ensemble(tuple(prompts), combine)
+    except TemplateError as exc:
+        raise PromptFileError(f"not a valid ensemble: {exc}") from None
+    task = _typed(data["task"], dict, "task")
+    metrics = _typed(data.get("metrics", {}), dict, "metrics")
+    _check(all(isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in metrics.values()),
+           "metrics must map splits to {metric: number}")
+    return PromptFile(prompt=ensemble, task_name=_typed(task.get("name", ""), str, "task.name"),
+                      metric=_typed(task.get("metric", "accuracy"), str, "task.metric"), metrics=metrics,
+                      search=_typed(data.get("search", {}), dict, "search"),
+                      created=_typed(data.get("created", ""), str, "created"),
+                      autoprompt_version=_typed(data.get("autoprompt_version", ""), str, "autoprompt_version"))
 
 
 def _adapter(entry: Any, folder: Path | None) -> Adapter | None:

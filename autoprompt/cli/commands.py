@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from autoprompt.cli.options import model_options, resolve_task, task_options
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError
 
 log = logging.getLogger("autoprompt")
@@ -50,7 +51,8 @@ def evaluate(task: str, prompt_path: str | None, split: str, limit: int | None, 
         prompt = Prompt.from_task(the_task)
         if the_task.template != prompt.template:
             log.info("the task's [T] slots have no triggers yet: evaluating the template without them")
-    prompt = replace(prompt, model=lm.ref)
+    ensemble = isinstance(prompt, Ensemble)
+    prompt = prompt.for_model(lm.ref) if ensemble else replace(prompt, model=lm.ref)
     started = time.perf_counter()
     result = evaluate_prompt(lm, prompt, examples, metric=the_task.metric, progress=True)
     seconds = time.perf_counter() - started
@@ -59,14 +61,15 @@ def evaluate(task: str, prompt_path: str | None, split: str, limit: int | None, 
         search = {"method": "manual" if not prompt_path else "evaluated", "source": prompt_path}
         written = str(save_prompt_file(PromptFile(prompt, task_name=the_task.name, metric=the_task.metric,
                                                   metrics={split: result.metrics}, search=search), output))
+    template = prompt.best.template if ensemble else prompt.template  # (an ensemble's best member's)
     report = {"task": the_task.name, "split": split, "n_examples": len(examples), "model": lm.name,
-              "template": prompt.template, "metrics": result.metrics, "seconds": round(seconds, 2),
+              "template": template, "metrics": result.metrics, "seconds": round(seconds, 2),
               "prompt_file": written}
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(f"{the_task.name} [{split}, {len(examples)} examples] on {lm.name}: {seconds:.1f}s")
-    click.echo(f"template: {prompt.template!r}")
+    click.echo(f"template: {template!r}" + (f" (the best of an ensemble of {len(prompt.members)})" if ensemble else ""))
     for name, value in result.metrics.items():
         click.echo(f"  {name:>20}: {value:.4f}")
     if written:
