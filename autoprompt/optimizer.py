@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from autoprompt.budget import Budget
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError
 from autoprompt.files import write_atomic
 from autoprompt.models import DEFAULT_MODEL, LanguageModel, load_model
@@ -52,7 +53,7 @@ DEFAULT_METHOD = "template"  # the larger gains across tasks (README: which meth
 class SearchResult:
     """What a search gives: the best prompt, its metrics next to the baseline's, the run."""
 
-    prompt: Prompt
+    prompt: Prompt | Ensemble  # an ensemble when the search's best k prompts together won (template search)
     metrics: dict[str, dict[str, float]]  # split -> metric -> value, of the best prompt
     baseline: dict[str, dict[str, float]]  # the same for the task's manual prompt
     run_dir: Path | None  # None: optimize(runs_dir=None) kept nothing on disk
@@ -143,10 +144,11 @@ def _finish(ctx: Context, method: str, config: Any, found: Found, baseline_promp
     prompt_file = save_prompt_file(PromptFile(prompt, task_name=task.name, metric=task.metric, metrics=metrics,
                                               search=search), run.best_prompt_path)
     seconds = time.perf_counter() - started
+    lead = prompt.best if isinstance(prompt, Ensemble) else prompt  # (an ensemble: its best member)
     run.write_json("result.json", {"state": "finished", "metric": task.metric, "metrics": metrics, "baseline": baseline,
                                    "train_sample": train, "work": found.work, **info,
-                                   "template": prompt.template, "instruction": prompt.instruction,
-                                   "triggers": list(prompt.trigger_tokens), "seconds": round(seconds, 1)})
+                                   "template": lead.template, "instruction": lead.instruction,
+                                   "triggers": list(lead.trigger_tokens), "seconds": round(seconds, 1)})
     return SearchResult(prompt, metrics, baseline, run.path, prompt_file, run.events(), seconds, train,
                         write_report(run), Predictor(prompt, model, info=read_prompt_file(prompt_file)), kept)
 
@@ -158,7 +160,8 @@ def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: floa
     found_dev = found.dev or evaluate(ctx.model, found.prompt, dev, metric=metric)
     base_dev = evaluate(ctx.model, baseline_prompt, dev, metric=metric)
     known = {"dev": (found_dev, base_dev)}
-    if render_template(ctx.model, found.prompt) == render_template(ctx.model, baseline_prompt) and \
+    if not isinstance(found.prompt, Ensemble) and \
+            render_template(ctx.model, found.prompt) == render_template(ctx.model, baseline_prompt) and \
             found.prompt.verbalizer == baseline_prompt.verbalizer and not found.prompt.calibration and \
             found.prompt.adapter is None:
         return known, None  # the search found the task's own prompt
@@ -284,7 +287,7 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
     bar = tqdm(total=2 * final_split_examples(task) - sum(2 * len(e[0].predictions) for e in known.values()),
                desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
-              "prompt_text": render_template(model, prompt), "baseline_text": render_template(model, baseline_prompt),
+              "prompt_text": _prompt_text(model, prompt), "baseline_text": render_template(model, baseline_prompt),
               "splits": {}}
     metrics, baseline, train = {}, {}, None
     for split in ("train", "dev", "test"):
@@ -309,6 +312,14 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
                          "rendered": Predictor(prompt, model).render(dict(example.fields))}
     run.write_json("predictions.json", record, compact=True)  # thousands of labels
     return metrics, baseline, train
+
+
+def _prompt_text(model: LanguageModel, prompt: Prompt | Ensemble) -> str:
+    """The template the model reads; an ensemble's members' in turn, best first."""
+    if not isinstance(prompt, Ensemble):
+        return render_template(model, prompt)
+    return "\n\n".join(f"--- member {n + 1} of {len(prompt.members)} ---\n{render_template(model, m)}"
+                       for n, m in enumerate(prompt.members))
 
 
 def _split_sample(task: Task, split: str, seed: int):

@@ -18,6 +18,7 @@ from autoprompt.cli.options import (
     setting_options,
     task_options,
 )
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError
 from autoprompt.searches import METHODS, RunSettings, config_from, fields_of
 
@@ -121,6 +122,9 @@ def _print_result(result, task, method: str, model: str, as_json: bool) -> None:
         click.echo(json.dumps(_result_report(result, task, method, model)))
         return
     metric, p = task.metric, result.prompt
+    if isinstance(p, Ensemble):  # its best member is shown
+        click.echo(f"ensemble of the best {len(p.members)} prompts ({p.combine}); the best one:")
+        p = p.best
     if method != "trigger":
         click.echo(f"template: {p.template!r}  instruction: {p.instruction!r}  demonstrations: {len(p.demonstrations)}"
                    f"  chat: {p.chat}  calibrated: {bool(p.calibration)}")
@@ -154,12 +158,15 @@ def _parse_seeds(text: str, seed: int | None, resume: str | None) -> list[int]:
 
 
 def _result_report(result, task, method: str, model: str) -> dict:
-    """What optimize --json prints of a run."""
+    """What optimize --json prints of a run (of an ensemble: its best member's prompt, and "ensemble")."""
+    ensemble = result.prompt if isinstance(result.prompt, Ensemble) else None
+    p = ensemble.best if ensemble else result.prompt
     return {"task": task.name, "method": method, "model": model, "run": str(result.run_dir),
-            "prompt_file": str(result.prompt_file), "template": result.prompt.template,
-            "instruction": result.prompt.instruction, "demonstrations": len(result.prompt.demonstrations),
-            "chat": result.prompt.chat, "calibrated": bool(result.prompt.calibration),
-            "triggers": list(result.prompt.trigger_tokens), "verbalizer": result.prompt.verbalizer,
+            "prompt_file": str(result.prompt_file), "template": p.template,
+            "instruction": p.instruction, "demonstrations": len(p.demonstrations),
+            "chat": p.chat, "calibrated": bool(p.calibration),
+            "triggers": list(p.trigger_tokens), "verbalizer": p.verbalizer,
+            "ensemble": {"k": len(ensemble.members), "combine": ensemble.combine} if ensemble else None,
             "metrics": result.metrics, "baseline": result.baseline, "train": result.train,
             "report": str(result.report), "seconds": round(result.seconds, 1), "kept_baseline": result.kept_baseline}
 

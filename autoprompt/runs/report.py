@@ -34,6 +34,7 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
              f"task **{info['task']}** · method **{info['method']}** · model `{info['model']}` · "
              f"state **{info['state']}** · {info['work']} · {format_seconds(info['seconds'])} · seed {info['seed']}", ""]
     lines += prompt_section(run, predictions)
+    lines += ensemble_section(run.result().get("ensemble"))
     lines += [f"## Metrics: {metric}", ""]
     if predictions is None:
         lines += ["This run has no predictions.json (it was made before runs saved them, or did not finish): "
@@ -106,12 +107,31 @@ def prompt_section(run: Run, predictions: dict[str, Any] | None = None) -> list[
     return lines + [""]
 
 
+def ensemble_section(info: dict[str, Any] | None) -> list[str]:
+    """Markdown: the ensembles the search tried (the best k prompts, k = 1..), each member's dev value and each
+    ensemble's, and which one won."""
+    if not info or "candidates" not in info:
+        return []
+    k, metric = info["k"], info.get("metric", "metric")
+    lines = ["## Ensemble", "",
+             f"The best {len(info['ranked'])} prompts of the search on dev, and their ensembles of the best k "
+             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller): **k = {k}**"
+             + (" (the best prompt alone)." if k == 1 else "."), "",
+             "| rank k | trial | its dev " + metric + " alone | the best k together: dev " + metric + " |", "|---|---|---|---|"]
+    for n, (member, row) in enumerate(zip(info["ranked"], info["candidates"], strict=False), 1):
+        mark = " ✓" if row["k"] == k else ""
+        lines.append(f"| {n}{' (member)' if n <= k else ''} | {member.get('trial', '')} | {format_value(member['dev'])} "
+                     f"| {format_value(row['dev'])}{mark} |")
+    return lines + ["", f"Note: {info['note']}.", ""]
+
+
 def _prompt_file_text(run: Run) -> str | None:
     """The template of the run's prompt file with instruction and demonstrations written in
-    (chat wrapping needs the tokenizer: the prompt line below says it is wrapped)."""
+    (chat wrapping needs the tokenizer: the prompt line below says it is wrapped); an ensemble's best member's."""
     if not run.best_prompt_path.exists():
         return None
-    return read_prompt_file(run.best_prompt_path).prompt.expanded_template()
+    prompt = read_prompt_file(run.best_prompt_path).prompt
+    return getattr(prompt, "best", prompt).expanded_template()
 
 
 def _confusion_section(run: Run, predictions: dict[str, Any] | None) -> list[str]:

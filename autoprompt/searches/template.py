@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.models import fast_twin
 from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
+from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of
 from autoprompt.searches.trials import (
     PRUNERS,
     SAMPLERS,
@@ -67,6 +69,9 @@ class TemplateSearchConfig:
                                 "on all of dev (default 200; 0: all of dev).", min=0)
     chunk: int = opt(50, "Dev examples per pruning report.")
     rescore_top: int = opt(3, "Best trials re-scored on all of dev before the winner is chosen.")
+    ensemble_max: int = opt(1, "Largest prompt ensemble tried: the best k re-scored trials (k = 1..this) combined "
+                            "(label probabilities averaged, generated answers voted), the best k on dev wins, ties "
+                            "to the smaller k; 1: no ensembles.")
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
@@ -84,12 +89,14 @@ class TemplateSearchConfig:
 
 @dataclass
 class TemplateResult:
-    prompt: Prompt
-    choice: Choice
+    prompt: Prompt | Ensemble  # an ensemble of the best trials when one wins on dev
+    choice: Choice  # the best trial's (the ensemble's best member's)
     dev: dict[str, float]  # the winner's metrics on all of dev
     trials: dict[str, int]  # complete / pruned / duplicate / failed counts
     space: SearchSpace
     dev_evaluation: Evaluation | None = None  # the winner on all of dev
+    info: dict[str, Any] = field(default_factory=dict)  # the ensembles tried ({"ensemble": ...}), when they are
+    member_choices: list[Choice] = field(default_factory=list)  # an ensemble's members' choices, best first
 
 
 # --- the space and its prompts ---------------------------------------------------------------
@@ -196,7 +203,8 @@ def template_search(ctx: Context, cfg: TemplateSearchConfig, *, budget=None) -> 
 
 def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, study: optuna.Study,
                   caches: Caches | None = None) -> TemplateResult:
-    """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value)."""
+    """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value), or the
+    ensemble of the best k when it is better on dev (``ensemble_max``)."""
     import optuna
 
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -206,8 +214,8 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     done.sort(key=lambda t: (-t.value, t.number))
     dev = ctx.task.examples("dev")
     full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)  # trials already saw all of dev: the best wins
-    top = done[: 1 if full_dev else max(1, cfg.rescore_top)]
-    best = None
+    top = done[: max(1 if full_dev else max(1, cfg.rescore_top), cfg.ensemble_max)]
+    rescored = []
     bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not ctx.progress)
     for t in top:
         choice = Choice.from_params(t.params, space)
@@ -220,14 +228,20 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
             continue
         ctx.run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value,
                      "dev": evaluation.metrics[ctx.task.metric]})
-        key = (evaluation.metrics[ctx.task.metric], t.value)
-        if best is None or key > best[0]:
-            best = (key, prompt, choice, evaluation)
+        rescored.append(((evaluation.metrics[ctx.task.metric], t.value), choice,
+                         Candidate(prompt, evaluation, {"trial": t.number, "choice": asdict(choice)})))
     bar.close()
-    if best is None:
+    if not rescored:
         raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
-    _, prompt, choice, evaluation = best
-    return TemplateResult(prompt, choice, evaluation.metrics, trial_counts(study), space, evaluation)
+    rescored.sort(key=lambda r: r[0], reverse=True)  # (stable: of equal ones, the first in trial order)
+    _, choice, best = rescored[0]
+    if cfg.ensemble_max <= 1:
+        return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
+    chosen = choose_ensemble([c for _, _, c in rescored], dev, ctx.task.metric, cfg.ensemble_max)
+    ctx.run.log({"stage": "ensemble", **chosen.info["ensemble"]})
+    members = [ch for _, ch, _ in rescored[: len(chosen.prompt.members)]] if isinstance(chosen.prompt, Ensemble) else []
+    return TemplateResult(chosen.prompt, choice, chosen.dev.metrics, trial_counts(study), space, chosen.dev,
+                          chosen.info, members)
 
 
 def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, optuna.trial.FrozenTrial] | None:
@@ -257,17 +271,24 @@ def template_stage(ctx: Context, cfg: TemplateSearchConfig, budget=None) -> Temp
     if ctx.resume and (ctx.run.path / WINNER_FILE).exists():
         saved = ctx.run.read_json(WINNER_FILE)
         space, choice = task_space(cfg, ctx.task), Choice(**saved["choice"])
-        return TemplateResult(build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed), choice, saved["dev"],
-                              saved["trials"], space)
+        prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed)
+        members = [Choice(**c) for c in saved.get("members", [])]
+        if members:  # an ensemble won
+            prompt = ensemble_of([build_prompt(ctx.model, ctx.task, space, c, seed=ctx.seed) for c in members])
+        return TemplateResult(prompt, choice, saved["dev"], saved["trials"], space, info=saved.get("info", {}),
+                              member_choices=members)
     result = template_search(ctx, cfg, budget=budget)
-    ctx.run.write_json(WINNER_FILE, {"choice": asdict(result.choice), "dev": result.dev, "trials": result.trials})
+    ctx.run.write_json(WINNER_FILE, {"choice": asdict(result.choice), "dev": result.dev, "trials": result.trials,
+                                     **({"info": result.info} if result.info else {}),
+                                     **({"members": [asdict(c) for c in result.member_choices]}
+                                        if result.member_choices else {})})
     return result
 
 
 def found(result: TemplateResult, winner: str = "template") -> Found:
     """What a template search hands over: its winner, with its dev evaluation and how it was chosen."""
     return Found(result.prompt, result.dev_evaluation, info={"winner": winner, "choice": asdict(result.choice),
-                                                             "trials": result.trials},
+                                                             "trials": result.trials, **result.info},
                  work={"trials": sum(n for state, n in result.trials.items() if state != "failed")})
 
 
@@ -284,10 +305,11 @@ def best_so_far(ctx: Context, cfg: TemplateSearchConfig) -> Found | None:
 
 
 def final_examples(task: Task, cfg: TemplateSearchConfig) -> int:
-    """The best trials re-scored on dev (the winner's dev scores are kept), then both prompts at the end."""
+    """The best trials re-scored on dev (the winner's dev scores are kept), then both prompts at the end
+    (an ensemble: each of its members)."""
     dev = len(task.splits.get("dev") or [])
-    rescored = 1 if not cfg.trial_dev or cfg.trial_dev >= dev else max(1, cfg.rescore_top)
-    return rescored * dev + 2 * final_split_examples(task) - dev
+    rescored = max(1 if not cfg.trial_dev or cfg.trial_dev >= dev else max(1, cfg.rescore_top), cfg.ensemble_max)
+    return rescored * dev + (1 + max(1, cfg.ensemble_max)) * final_split_examples(task) - dev
 
 
 def check_settings(task: Task, cfg: TemplateSearchConfig) -> None:

@@ -1,0 +1,79 @@
+"""Choosing a search's ensemble on dev: the best k prompts of a search (best first, each already scored
+on all of dev) combined, for k = 1 up to ``ensemble_max``; the best k on dev wins, ties to the smaller
+k, so a single prompt stays the answer whenever an ensemble does not beat it. The members were ranked on
+the same dev examples that choose k: the ensemble's dev value is as optimistic as a single winner's."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from autoprompt.ensemble import Ensemble, combine_for
+from autoprompt.scoring import combine_evaluations
+
+if TYPE_CHECKING:
+    from autoprompt.data import Example
+    from autoprompt.prompt import Prompt
+    from autoprompt.scoring import Evaluation
+
+log = logging.getLogger(__name__)
+
+NOTE = ("members and k were chosen on the same dev examples the ensemble is scored on: its dev value is "
+        "optimistic, like any winner's; test was not used")
+
+
+@dataclass
+class Candidate:
+    """One prompt of the search, scored on all of dev: its evaluation and where it came from."""
+
+    prompt: Prompt
+    dev: Evaluation
+    origin: dict[str, Any] = field(default_factory=dict)  # e.g. {"trial": 7, "choice": {...}}
+
+
+@dataclass
+class Chosen:
+    """The ensemble (or single prompt) that won on dev, its dev evaluation, and what the run records."""
+
+    prompt: Prompt | Ensemble
+    dev: Evaluation
+    info: dict[str, Any]
+
+
+def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, ensemble_max: int) -> Chosen:
+    """The best of the ensembles of the best k of ``ranked`` (best first) on ``dev``, k = 1..ensemble_max."""
+    best = ranked[0]
+    if not (best.prompt.is_classification or best.prompt.generation is not None):
+        log.info("ensembles are for label and generation prompts; a first-token prompt is not ensembled")
+        return Chosen(best.prompt, best.dev, {"ensemble": {"k": 1, "skipped": "first-token prompts are not ensembled"}})
+    rows = [{"k": 1, "dev": best.dev.metrics[metric]}]
+    chosen = Chosen(best.prompt, best.dev, {})
+    for k in range(2, min(ensemble_max, len(ranked)) + 1):
+        ensemble = ensemble_of([c.prompt for c in ranked[:k]])
+        evaluation = combine_evaluations(ensemble, [c.dev for c in ranked[:k]], dev, metric)
+        rows.append({"k": k, "dev": evaluation.metrics[metric]})
+        if evaluation.metrics[metric] > chosen.dev.metrics[metric]:  # strictly better: ties keep the smaller k
+            chosen = Chosen(ensemble, evaluation, {})
+    k = len(chosen.prompt.members) if isinstance(chosen.prompt, Ensemble) else 1
+    chosen.info = {"ensemble": {
+        "k": k, "combine": combine_for(best.prompt), "metric": metric,
+        "ranked": [{**c.origin, "dev": c.dev.metrics[metric]} for c in ranked[:len(rows)]],  # the first k are its members
+        "candidates": rows, "note": NOTE}}
+    log.info("ensemble of the best k on dev: %s -> k = %d", ", ".join(f"k={r['k']}: {r['dev']:.4f}" for r in rows), k)
+    return chosen
+
+
+def ensemble_of(prompts: list[Prompt]) -> Ensemble:
+    """The ensemble of a search's prompts (best first), each label prompt in the best one's label order."""
+    return Ensemble.of([replace(p, **_in_order(p, prompts[0].labels)) for p in prompts])
+
+
+def _in_order(prompt: Prompt, labels: list[str]) -> dict[str, Any]:
+    """A label prompt's verbalizer and calibration in this label order (a space's verbalizers may list the
+    labels in another order; the ensemble averages probabilities label by label)."""
+    if not prompt.is_classification or prompt.labels == labels or sorted(prompt.labels) != sorted(labels):
+        return {}
+    order = [prompt.labels.index(label) for label in labels]
+    calibration = tuple(prompt.calibration[i] for i in order) if prompt.calibration else ()
+    return {"verbalizer": {label: prompt.verbalizer[label] for label in labels}, "calibration": calibration}
