@@ -80,10 +80,10 @@ def combine_for(prompt: Prompt) -> str:
 
 def ensemble_problem(members: Sequence[Prompt], combine: str) -> str | None:
     """What makes these members and this combine name no ensemble (None: they are one)."""
-    if combine not in COMBINES:
-        return f"combine must be one of {', '.join(COMBINES)}, not {combine!r}"
     if len(members) < 2:
         return f"an ensemble needs at least two members, not {len(members)} (one prompt is a prompt file of its own)"
+    if combine not in COMBINES:
+        return f"combine must be one of {', '.join(COMBINES)}, not {combine!r}"
     best = members[0]
     for n, member in enumerate(members):
         if member.adapter is not None:

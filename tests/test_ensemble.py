@@ -201,6 +201,14 @@ def test_the_best_prompt_alone_is_chosen_when_no_ensemble_beats_it() -> None:
     assert choose_ensemble([best, other], DEV, "accuracy", 1).info["ensemble"]["candidates"] == [{"k": 1, "dev": 0.75}]
 
 
+def test_first_token_prompts_are_not_ensembled() -> None:
+    prompt = Prompt(template="{text} is a[P]", fields=("text",))
+    ranks = Evaluation({"precision@1": 0.5}, ["x", "y"], target_ranks=np.array([0, 3]))
+    chosen = choose_ensemble([Candidate(prompt, ranks), Candidate(replace(prompt, instruction="Say."), ranks)],
+                             DEV[:2], "precision@1", 3)
+    assert chosen.prompt is prompt and chosen.info["ensemble"]["k"] == 1 and "skipped" in chosen.info["ensemble"]
+
+
 # --- the template search with ensembles, end to end --------------------------------------------------------
 
 def _config(tmp_path: Path, **changes) -> TemplateSearchConfig:
@@ -289,3 +297,6 @@ def test_ensembles_through_the_cli(tiny_causal_dir: Path, tmp_path: Path, monkey
     assert refused.exit_code == 2 and "ensemble" in refused.output and len(refused.output.strip().splitlines()) == 1
     exported = runner.invoke(main, ["export", report["run"], "--format", "json"])
     assert exported.exit_code == 0 and json.loads(exported.stdout)["format"] == "autoprompt.prompt/v3"
+    scored = runner.invoke(main, ["evaluate", str(task), "--prompt", report["prompt_file"], "--split", "test", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["metrics"]["accuracy"] == pytest.approx(report["metrics"]["test"]["accuracy"])
