@@ -12,7 +12,7 @@ from autoprompt.scoring import content_free_calibration, evaluate
 from autoprompt.searches import template as template_method
 from autoprompt.searches.base import Context, Found, Method
 from autoprompt.searches.checkpoint import read_checkpoint
-from autoprompt.searches.template import WINNER_FILE, TemplateSearchConfig, build_prompt, task_space, template_stage
+from autoprompt.searches.template import WINNER_FILE, TemplateSearchConfig, build_prompt, run_space, template_stage
 from autoprompt.searches.trigger import TriggerSearchConfig, trigger_search, with_ids
 from autoprompt.space import Choice
 
@@ -65,7 +65,7 @@ def best_so_far(ctx: Context, cfg: HybridConfig) -> Found | None:
     if not (ctx.run.path / WINNER_FILE).exists():
         return template_method.best_so_far(ctx, cfg.template_search)
     winner = ctx.run.read_json(WINNER_FILE)
-    space, choice = task_space(cfg.template_search, ctx.task), Choice(**winner["choice"])
+    space, choice = run_space(ctx, cfg.template_search), Choice(**winner["choice"])
     state = read_checkpoint(ctx.run)
     if state is not None and state.best_dev > winner["dev"][ctx.task.metric] and choice.calibration == "none":
         base = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed,

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError, InputTooLong
-from autoprompt.models import fast_twin
+from autoprompt.models import fast_twin, load_model
+from autoprompt.proposals import propose_instructions
 from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
 from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of
@@ -83,6 +84,11 @@ class TemplateSearchConfig:
                            "for an fp32 model, else the model's own. The best trials "
                            "are re-scored, and every reported metric computed, in the model's dtype.",
                            choices=("auto", "fp32", "bf16"))
+    propose: int = opt(0, "Instructions a model proposes before the search (APE: from a few train examples each), "
+                        "added to the space's instructions; 0: none. Saved in the run, so a resumed study has them.",
+                        min=0)
+    proposer: str | None = opt(None, "Model that proposes the instructions (a larger local one: alias, folder, "
+                               ".gguf or hub id; default: the scoring model).")
     heartbeat: int = opt(10, "Seconds between a running trial's heartbeats in a shared --storage; a trial silent "
                          "for 3 of them lost its worker: it is failed and its params run again.")
 
@@ -134,6 +140,36 @@ def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: C
     return prompt
 
 
+PROPOSALS_FILE = "proposals.json"  # the instructions proposed for the run's study, with their origins
+
+
+def run_space(ctx: Context, cfg: TemplateSearchConfig, *, propose: bool = False) -> SearchSpace:
+    """The run's space: the task's, with the run's proposed instructions after the space's own (proposed
+    now when ``propose`` and the run has none saved: a resumed study gets the same ones back)."""
+    space = task_space(cfg, ctx.task)
+    if not cfg.propose:
+        return space
+    if (ctx.run.path / PROPOSALS_FILE).exists():
+        saved = ctx.run.read_json(PROPOSALS_FILE)
+    elif propose:
+        saved = _propose(ctx, cfg, space)
+    else:  # interrupted before the proposals were written: the study has no trial either
+        return space
+    return replace(space, instruction=space.instruction + [p["instruction"] for p in saved])
+
+
+def _propose(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace) -> list[dict[str, Any]]:
+    """The proposals (those new to the space), saved in the run folder and logged with their place in it."""
+    generator = ctx.model if cfg.proposer is None else load_model(cfg.proposer, device=str(ctx.model.device))
+    proposals = propose_instructions(generator, ctx.task, n=cfg.propose, seed=ctx.seed)
+    saved = [asdict(p) for p in proposals if p.instruction not in space.instruction]
+    ctx.run.write_json(PROPOSALS_FILE, saved)
+    for n, proposal in enumerate(saved):
+        ctx.run.log({"stage": "propose", "index": len(space.instruction) + n, **proposal})  # its index in the space
+    log.info("%d instructions proposed (%d asked for, the rest empty or repeated)", len(saved), cfg.propose)
+    return saved
+
+
 # --- the search -----------------------------------------------------------------------------
 
 def open_study(cfg: TemplateSearchConfig, run: Run, space: SearchSpace, seed: int, resume: bool) -> optuna.Study:
@@ -167,7 +203,7 @@ def template_search(ctx: Context, cfg: TemplateSearchConfig, *, budget=None) -> 
     """Run (or continue) the run's study; returns the winner after re-scoring the best on all of dev.
     ``budget``: when to stop taking trials (default: the run's)."""
     budget = budget or ctx.budget
-    space = task_space(cfg, ctx.task)
+    space = run_space(ctx, cfg, propose=True)
     study = open_study(cfg, ctx.run, space, ctx.seed, ctx.resume)
     dev = ctx.task.examples("dev")
     order = list(range(len(dev)))
@@ -198,7 +234,10 @@ def template_search(ctx: Context, cfg: TemplateSearchConfig, *, budget=None) -> 
             bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
     finally:
         bar.close()
-    return choose_winner(ctx, cfg, space, study, caches)
+    result = choose_winner(ctx, cfg, space, study, caches)
+    if cfg.propose:
+        result.info["proposals"] = ctx.run.read_json(PROPOSALS_FILE)
+    return result
 
 
 def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, study: optuna.Study,
@@ -257,7 +296,7 @@ def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, 
     if not done:
         return None
     best = max(done, key=lambda t: (t.value, -t.number))
-    space = task_space(cfg, ctx.task)
+    space = run_space(ctx, cfg)
     return build_prompt(ctx.model, ctx.task, space, Choice.from_params(best.params, space), seed=ctx.seed), best
 
 
@@ -270,7 +309,7 @@ def template_stage(ctx: Context, cfg: TemplateSearchConfig, budget=None) -> Temp
     """The template search of a run, or its winner when the run already chose one (a resumed hybrid)."""
     if ctx.resume and (ctx.run.path / WINNER_FILE).exists():
         saved = ctx.run.read_json(WINNER_FILE)
-        space, choice = task_space(cfg, ctx.task), Choice(**saved["choice"])
+        space, choice = run_space(ctx, cfg), Choice(**saved["choice"])
         prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed)
         members = [Choice(**c) for c in saved.get("members", [])]
         if members:  # an ensemble won
@@ -319,8 +358,16 @@ def check_settings(task: Task, cfg: TemplateSearchConfig) -> None:
         open_storage(cfg.storage)
 
 
+def check(task: Task, model: LanguageModel, cfg: TemplateSearchConfig) -> None:
+    """check_settings, and a model that can propose the instructions (before the run starts)."""
+    check_settings(task, cfg)
+    if cfg.propose and cfg.proposer is None and not model.is_causal:
+        raise AutoPromptError(f"--propose needs a causal LM to write instructions; {model.name} is a masked LM "
+                              "(give one with --proposer)")
+
+
 METHOD = Method("template", TemplateSearchConfig, search, best_so_far, final_examples,
                 help="Optuna search over a --space of instructions, layouts, verbalizers, demonstrations",
                 has_study=True, check_settings=check_settings,
-                check=lambda task, model, cfg: check_settings(task, cfg),
+                check=check,
                 check_resume=lambda ctx, cfg: study_storage(ctx.run))  # (the storage URL, password given again)
