@@ -111,8 +111,10 @@ def _meta_ids(model: LanguageModel, task: Task, sample: list, current: str | Non
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         else:
             ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        if model.max_length is None or len(ids) + MAX_NEW_TOKENS <= model.max_length or len(sample) == 1:
-            return ids[-(model.max_length - MAX_NEW_TOKENS):] if model.max_length else ids
+        if model.max_length is None or len(ids) + MAX_NEW_TOKENS <= model.max_length:
+            return ids
+        if len(sample) == 1:  # one example is already too long: keep the end, where the question is
+            return ids[-max(1, model.max_length - MAX_NEW_TOKENS):]
         sample = sample[:-1]
 
 

@@ -192,3 +192,20 @@ def test_propose_with_a_masked_scoring_model_needs_a_proposer(masked_lm, tmp_pat
 
 def test_proposal_is_plain_data():
     assert Proposal("Say it.", "train-examples", ("t1",)).shown == ("t1",)
+
+
+def test_examples_are_dropped_until_the_meta_prompt_fits_the_context(causal_lm, monkeypatch):
+    lengths = []
+    real = proposals_module.greedy_tokens
+
+    def spy(model, inputs, *args, **kwargs):
+        lengths.extend(len(ids) for ids in inputs)
+        return real(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(proposals_module, "greedy_tokens", spy)
+    propose_instructions(causal_lm, word_task(), n=2, seed=0)
+    context = max(lengths) + proposals_module.MAX_NEW_TOKENS - 20  # 20 tokens short of the longest
+    monkeypatch.setattr(type(causal_lm), "max_length", property(lambda self: context))
+    lengths.clear()
+    propose_instructions(causal_lm, word_task(), n=2, seed=0)
+    assert lengths and max(lengths) + proposals_module.MAX_NEW_TOKENS <= context
