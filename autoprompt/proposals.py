@@ -122,10 +122,17 @@ _LEADS = re.compile(r"^(the )?(new |better )?instruction( was| is)?\s*[:\-]?\s*"
 _QUOTES = "\"'`*“”‘’«» "
 
 
+def _loops(sentence: str) -> bool:
+    """A greedy generation caught in a loop: some three words in a row come three times or more."""
+    words = re.findall(r"\w+", sentence.lower())
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return any(grams.count(g) >= 3 for g in set(grams))
+
+
 def clean_instruction(text: str, answers: list[str] = ()) -> str | None:
     """A generated instruction made usable: its first line and first sentence, without a leading
     "Instruction:" or quotes, capitalised, ending in punctuation; None when it is too short or too long,
-    or (``answers``: a generation task's answers the meta-prompt showed) names one of them verbatim."""
+    caught in a loop, or (``answers``: a generation task's answers the meta-prompt showed) names one of them verbatim."""
     lines = [line for line in text.strip().splitlines() if line.strip(_QUOTES)]
     if not lines:
         return None
@@ -138,7 +145,7 @@ def clean_instruction(text: str, answers: list[str] = ()) -> str | None:
     sentence = sentence[0].upper() + sentence[1:]
     if sentence[-1] not in ".!?:":
         sentence += "."
-    if not MIN_CHARS <= len(sentence) <= MAX_CHARS:
+    if not MIN_CHARS <= len(sentence) <= MAX_CHARS or _loops(sentence):
         return None
     # one example's answer in the instruction is copying, not instructing: it would pull every answer to it
     # (a label task's label words are kept: naming the labels is what a good instruction does)

@@ -94,6 +94,13 @@ def test_cleaning(text, cleaned):
     assert clean_instruction(text) == cleaned
 
 
+def test_an_instruction_caught_in_a_loop_is_dropped():
+    # what the embedded 135M model wrote for SST-2 (seed 0)
+    assert clean_instruction('The instruction was: "The instruction was: "The instruction was: "The instruction was.') is None
+    kept = "Say whether the review is positive or whether the review is negative."
+    assert clean_instruction(kept) == kept  # a phrase said twice is not a loop
+
+
 def test_an_instruction_naming_a_shown_answer_is_dropped():
     assert clean_instruction("Answer with the capital, like Paris.", ["Paris"]) is None
     assert clean_instruction("Answer with the capital city.", ["Paris"]) == "Answer with the capital city."
