@@ -80,6 +80,12 @@ class LanguageModel(ABC):
         return n if isinstance(n, int) and n > 0 else None
 
     @cached_property
+    def token_texts(self) -> list[str]:
+        """Every token's text, decoded once (what trigger filters, label-word search and the answer-end
+        masks read)."""
+        return self.tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
+
+    @cached_property
     def tokenizer_fingerprint(self) -> str:
         return tokenizer_fingerprint(self.tokenizer)
 

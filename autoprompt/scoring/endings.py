@@ -23,18 +23,10 @@ if TYPE_CHECKING:
 END = -1  # the last id of a target that is read with its end: "the answer ends here"
 
 
-def _texts(model: LanguageModel) -> list[str]:
-    """Every token's text, decoded once per model."""
-    kept = model.__dict__.get("_token_texts")
-    if kept is None:
-        kept = model.__dict__["_token_texts"] = model.tokenizer.batch_decode([[i] for i in range(model.vocab_size)])
-    return kept
-
-
 def _mask(model: LanguageModel, key: tuple, test) -> torch.Tensor:
     masks = model.__dict__.setdefault("_ending_masks", {})
     if key not in masks:
-        mask = torch.tensor([bool(test(t)) for t in _texts(model)])
+        mask = torch.tensor([bool(test(t)) for t in model.token_texts])
         eos = model.tokenizer.eos_token_id
         if key[0] != "stop" and eos is not None and eos < model.vocab_size:
             mask[eos] = True

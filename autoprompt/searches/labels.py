@@ -89,7 +89,7 @@ def search_label_words(model: LanguageModel, task: Task, *, n_examples: int = 50
     allowed = allowed_tokens(model, unlabelled, ascii_only=ascii_only, whole_words=False).cpu()
     # a label word is a bare alphabetic word whose answer tokenization is exactly this token
     template = render_template(model, prompt)
-    words_of = [t.strip() for t in model.tokenizer.batch_decode([[i] for i in range(model.vocab_size)])]
+    words_of = [t.strip() for t in model.token_texts]
     spaced = [spaced_answer(w, text_before_answer(template)) if w else "" for w in words_of]
     reencoded = model.tokenizer(spaced, add_special_tokens=False)["input_ids"]
     allowed &= torch.tensor([w.isalpha() and ids == [i] for i, (w, ids) in enumerate(zip(words_of, reencoded, strict=True))])

@@ -80,7 +80,7 @@ def allowed_tokens(model: LanguageModel, prompt: Prompt, *, ascii_only: bool, wh
     tokens whose text re-tokenizes to the same single id."""
     tok = model.tokenizer
     vocab = model.vocab_size
-    texts = tok.batch_decode([[i] for i in range(vocab)])
+    texts = model.token_texts
     reencoded = tok(texts, add_special_tokens=False)["input_ids"]
     mask = torch.tensor([ids == [i] for i, ids in enumerate(reencoded)])
     mask[[i for i in tok.all_special_ids if i < vocab]] = False
