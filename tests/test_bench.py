@@ -276,3 +276,31 @@ def test_prefix_attention_in_place_equals_the_copying_path(causal_lm, monkeypatc
     copied = candidate_losses(causal_lm, prompt, examples, candidates, "labels")
     np.testing.assert_allclose(grouped, copied, atol=1e-5, rtol=0)
     np.testing.assert_allclose(gathered, copied, atol=1e-5, rtol=0)
+
+
+def test_lean_mlps_change_no_loss_and_skip_the_last_layers_unread_rows(causal_lm, monkeypatch) -> None:
+    """Inside the prefix path the gated MLPs run in place, and the last layer's only at the positions
+    scores read (none while a prefix is encoded for its KV cache): the losses equal those of
+    transformers' own MLPs, with far fewer rows through that last MLP."""
+    import contextlib
+
+    from autoprompt.models import attention
+
+    prompt, examples, candidates = step_workload(causal_lm, toy_task(), slot=1)
+    last = causal_lm.hf_model.base_model.layers[-1].mlp
+
+    def rows_through_last_mlp(fn):
+        seen = []
+        handle = last.gate_proj.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+        try:
+            return fn(), sum(seen)
+        finally:
+            handle.remove()
+
+    lean, lean_rows = rows_through_last_mlp(lambda: candidate_losses(causal_lm, prompt, examples, candidates, "labels"))
+    assert causal_lm.hf_model.base_model.layers[-1].mlp is last  # put back
+    monkeypatch.setattr(attention, "lean_mlps", lambda model, needed: contextlib.nullcontext())
+    plain, plain_rows = rows_through_last_mlp(lambda: candidate_losses(causal_lm, prompt, examples, candidates, "labels"))
+    np.testing.assert_allclose(lean, plain, atol=1e-5, rtol=0)
+    answer_rows = len(candidates) * len(examples)  # at least one read position per candidate x example
+    assert answer_rows <= lean_rows <= 2 * answer_rows < plain_rows

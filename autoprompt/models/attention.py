@@ -8,11 +8,18 @@ Here the rows of a batch are grouped by prefix, C rows each; their queries atten
 prefix's keys with one matrix product per prefix and to their own keys separately, and one
 softmax covers both. Registered with transformers' AttentionInterface and switched on only
 inside :func:`prefix_forward`, for architectures checked against the copying path.
+
+Inside it the gated MLPs also skip work a score does not need (:class:`_LeanMLP`): without a graph
+the activation and the product run in place, and the last layer's MLP (three quarters of its
+FLOPs) runs only at the positions the caller reads (nowhere when a prefix is encoded for its KV
+cache: no layer reads the last MLP's output).
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -93,9 +100,11 @@ def prefix_attention(module, query, key, value, attention_mask, scaling, dropout
 
 def prefix_forward(model: _Model, layers, prefix_mask: torch.Tensor, rows: torch.Tensor,
                    input_ids: torch.Tensor | None, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                   inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                   inputs_embeds: torch.Tensor | None = None,
+                   needed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Last hidden states of continuations of cached prefixes ([n_prefixes, width] mask; ``rows``
-    picks each row's prefix; ``attention_mask`` [B, S] covers the new tokens only)."""
+    picks each row's prefix; ``attention_mask`` [B, S] covers the new tokens only). ``needed``:
+    the (row, position) pairs the caller reads; the others' states are then not final."""
     B, S = attention_mask.shape
     pmask = prefix_mask[rows].bool()  # [B, P]
     causal = torch.ones(S, S, dtype=torch.bool, device=attention_mask.device).tril()
@@ -108,7 +117,7 @@ def prefix_forward(model: _Model, layers, prefix_mask: torch.Tensor, rows: torch
     groups, per_group = _runs(rows)
     token = _ACTIVE.set(_Prefix(layers, rows, groups, per_group))
     try:
-        with _implementation(model.hf_model.config, NAME):
+        with _implementation(model.hf_model.config, NAME), lean_mlps(model, needed):
             out = model.hf_model.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds,
                                             attention_mask=additive[:, None], position_ids=position_ids,
                                             use_cache=False)
@@ -123,6 +132,65 @@ def _runs(rows: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     if len(values) and bool((counts == counts[0]).all()) and len(torch.unique(values)) == len(values):
         return values, int(counts[0])
     return None, 0
+
+
+class _LeanMLP(torch.nn.Module):
+    """A gated MLP, ``down(act(gate(x)) * up(x))``, as transformers' Llama-family MLPs compute it:
+    without a graph in place (no two more [tokens, intermediate] buffers); with ``needed`` only at
+    those (row, position) pairs (zero elsewhere: the last layer's, whose other rows no one reads)."""
+
+    def __init__(self, mlp: torch.nn.Module, needed: tuple[torch.Tensor, torch.Tensor] | None):
+        super().__init__()
+        self.mlp, self.needed = mlp, needed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.needed is None:
+            return self._gated(x)
+        out = torch.zeros_like(x)
+        out[self.needed] = self._gated(x[self.needed])
+        return out
+
+    def _gated(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mlp
+        if torch.is_grad_enabled():
+            return m.down_proj(m.act_fn(m.gate_proj(x)) * m.up_proj(x))
+        gate = m.gate_proj(x)
+        gate = torch.nn.functional.silu(gate, inplace=True) if _is_silu(m.act_fn) else m.act_fn(gate)
+        return m.down_proj(gate.mul_(m.up_proj(x)))
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, torch.nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def gated_mlp(mlp: torch.nn.Module | None) -> bool:
+    """Whether ``mlp`` is the gated MLP :class:`_LeanMLP` computes (its class's forward says so)."""
+    return (mlp is not None and _gated_forward(type(mlp)) and callable(getattr(mlp, "act_fn", None))
+            and all(isinstance(getattr(mlp, n, None), torch.nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")))
+
+
+@functools.cache
+def _gated_forward(cls: type) -> bool:
+    try:
+        source = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))" in source
+
+
+@contextmanager
+def lean_mlps(model: _Model, needed: tuple[torch.Tensor, torch.Tensor] | None):
+    """Each decoder layer's gated MLP as a :class:`_LeanMLP` for the duration (the last layer's only
+    at ``needed``: none when only the KV cache is wanted); layers of any other shape keep theirs."""
+    layers = list(getattr(model.hf_model.base_model, "layers", []))
+    swapped = [(layer, layer.mlp) for layer in layers if gated_mlp(getattr(layer, "mlp", None))]
+    try:
+        for layer, mlp in swapped:
+            layer.mlp = _LeanMLP(mlp, needed if layer is layers[-1] else None)
+        yield
+    finally:
+        for layer, mlp in swapped:
+            layer.mlp = mlp
 
 
 @contextmanager

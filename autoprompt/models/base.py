@@ -9,6 +9,7 @@ import json
 import logging
 from abc import ABC
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import cache, cached_property
 
 import torch
@@ -103,16 +104,18 @@ class LanguageModel(ABC):
     def hidden_states(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
                       inputs_embeds: torch.Tensor | None = None,
                       past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                      position_ids: torch.Tensor | None = None, prefix=None) -> torch.Tensor:
+                      position_ids: torch.Tensor | None = None, prefix=None,
+                      needed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Last hidden states, [batch, seq, hidden] (final norm applied); ``past`` is a prefix's
         per-layer (keys, values) and ``attention_mask`` then covers prefix and ids. ``prefix``
         is (PrefixCache, row index): the cached prefix each row continues, read in place where
-        the architecture allows (``autoprompt.models.attention``), else copied into ``past``."""
+        the architecture allows (``autoprompt.models.attention``), else copied into ``past``.
+        ``needed``: the (row, position) pairs the caller reads; the others may then be left unfinished."""
         if prefix is not None:
             cache, index = prefix
             if attention.supported(self):
                 return attention.prefix_forward(self, cache.layers, cache.mask, index, input_ids, attention_mask,
-                                                position_ids, inputs_embeds)
+                                                position_ids, inputs_embeds, needed)
             past = [(k[index], v[index]) for k, v in cache.layers]
             attention_mask = torch.cat([cache.mask[index], attention_mask], dim=1)
         kwargs = {}
@@ -140,8 +143,10 @@ class LanguageModel(ABC):
             from transformers import DynamicCache
 
             kwargs[self._cache_argument] = DynamicCache(ddp_cache_data=past)
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                       use_cache=True, **kwargs)
+        nowhere = (torch.zeros(0, dtype=torch.long, device=input_ids.device),) * 2
+        with attention.lean_mlps(self, nowhere) if attention.supported(self) else nullcontext():
+            out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                           position_ids=position_ids, use_cache=True, **kwargs)
         cache = getattr(out, "cache", None)
         cache = out.past_key_values if cache is None else cache
         return [(layer.keys, layer.values) for layer in cache.layers]
@@ -154,7 +159,7 @@ class LanguageModel(ABC):
                      positions: torch.Tensor, vocab_rows: torch.Tensor | None = None, **past) -> torch.Tensor:
         """Full-vocabulary log-probabilities at the given (row, position) pairs, [n, vocab], fp32.
         With ``vocab_rows``: only those tokens' logits, unnormalised, [n, len(vocab_rows)]."""
-        hidden = self.hidden_states(input_ids, attention_mask, **past)[rows, positions]  # [n, hidden]
+        hidden = self.hidden_states(input_ids, attention_mask, needed=(rows, positions), **past)[rows, positions]
         if vocab_rows is not None:
             return self.head_logits(hidden, vocab_rows).float()
         return F.log_softmax(self.head_logits(hidden).float(), dim=-1)
@@ -183,7 +188,7 @@ class MaskedLM(LanguageModel):
 
     def hidden_states(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, *,
                       inputs_embeds: torch.Tensor | None = None, past=None,
-                      position_ids: torch.Tensor | None = None, prefix=None) -> torch.Tensor:
+                      position_ids: torch.Tensor | None = None, prefix=None, needed=None) -> torch.Tensor:
         """Last hidden states, [batch, seq, hidden]. An encoder reads its whole input at once, so
         there is no prefix cache; only the arguments given reach the encoder's forward (not
         every encoder's forward takes position_ids, and use_cache is for a causal LM's cache)."""

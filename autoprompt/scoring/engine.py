@@ -167,8 +167,10 @@ class Queries:
             max_rows = MAX_ROWS
             runs = np.unique([self.sequences[i][0] for i in group], return_counts=True)[1] if group is with_prefix else []
             if len(runs) and (runs == runs[0]).all() and len(set(lengths)) == 1:
-                # whole runs of rows continuing one prefix per batch: attention reads that prefix once
+                # whole runs of rows continuing one prefix per batch: attention reads that prefix once;
+                # as few batches as the budget allows, of equal size (no small last batch)
                 per = int(runs[0])
-                max_rows = max(per, min(MAX_ROWS, batch_tokens // max(lengths[0], 1)) // per * per)
+                most = max(1, min(MAX_ROWS, batch_tokens // max(lengths[0], 1)) // per)  # runs per batch
+                max_rows = per * -(-len(runs) // -(-len(runs) // most))
             batches += [[group[k] for k in b] for b in pack_batches(lengths, batch_tokens, max_rows=max_rows)]
         return batches
