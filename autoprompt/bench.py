@@ -332,8 +332,8 @@ def _interleaved(model: LanguageModel, works: list[Workload], naive: bool, say, 
             engine_s.append(dt)
             if naive:
                 say(f"round {r + 1}/{len(works)} ({name}): naive reference, candidates {part[0] + 1}-{part[-1] + 1}")
-                dt, losses = _timed(lambda p=part: naive_candidate_losses(model, work.prompt, work.examples,
-                                                                           work.candidates[p]), device)
+                dt, losses = _timed(lambda p=part, w=work: naive_candidate_losses(model, w.prompt, w.examples,
+                                                                                   w.candidates[p]), device)
                 naive_s, naive_losses = naive_s + dt, naive_losses + [losses]
         out["engine"].append(sum(engine_s) / len(engine_s))
         say(f"round {r + 1}/{len(works)} ({name}): nanoGCG's way")
