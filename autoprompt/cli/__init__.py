@@ -2,7 +2,7 @@
 
 Every AutoPromptError becomes one line on stderr and exit code 2; commands that report
 metrics take ``--json`` and then print exactly one JSON object on stdout. The commands live in
-this package's modules (optimize, commands, runs) and are registered on ``main`` here.
+this package's modules (optimize, compare, commands, runs) and are registered on ``main`` here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 import click
 
 from autoprompt.cli.commands import bench, dashboard, evaluate, labels, models, predict, tasks
+from autoprompt.cli.compare import compare_methods
 from autoprompt.cli.optimize import optimize
 from autoprompt.cli.runs import export, runs
 from autoprompt.errors import AutoPromptError
@@ -93,5 +94,5 @@ def main(verbose: int, quiet: bool) -> None:
         pass
 
 
-for _command in (optimize, evaluate, predict, tasks, labels, models, runs, export, dashboard, bench):
+for _command in (optimize, compare_methods, evaluate, predict, tasks, labels, models, runs, export, dashboard, bench):
     main.add_command(_command)
