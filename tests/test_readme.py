@@ -113,7 +113,7 @@ def _options(words: list[str]) -> set[str]:
 def test_reference_lines_name_real_commands_and_flags(doc: Doc) -> None:
     words = doc.text.split()
     assert words[0] == "autoprompt" and words[1] in main.commands, doc
-    names = [w for w in words[1:3] if re.fullmatch(r"[a-z]+", w)]
+    names = [w for w in words[1:3] if re.fullmatch(r"[a-z]+(-[a-z]+)*", w)]  # (compare-methods)
     options = _options(names)
     for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", doc.text):
         assert flag in options, f"{doc.where}: {flag} is not an option of autoprompt {' '.join(names)}"
@@ -163,7 +163,8 @@ def adapt(words: list[str], ws: Workspace) -> list[str]:
     assert words[0] == "autoprompt"
     args = [ws.run_like(w) if RUN_ID.match(w) else w for w in words[1:]]
     sub = args[0]
-    if sub in ("evaluate", "optimize", "labels", "bench") and "--model" not in args and "--resume" not in args:
+    if sub in ("evaluate", "optimize", "labels", "bench", "compare-methods") and "--model" not in args \
+            and "--resume" not in args:
         args += ["--model", str(ws.causal)]
     if sub == "optimize":
         method = args[args.index("--method") + 1] if "--method" in args else DEFAULT_METHOD
@@ -173,6 +174,8 @@ def adapt(words: list[str], ws: Workspace) -> list[str]:
         args = [re.sub(r"^postgresql\S*", f"sqlite:///{ws.folder / 'shared.db'}", a) for a in args]
         if "--seeds" in args:
             args = _set(args, "--seeds", "0,1")
+    if sub == "compare-methods":  # (the small sst2's dev has 14 negative reviews)
+        args = _set(_set(args, "--shots", "4"), "--time-budget", "3")
     if sub == "bench":
         args += ["--rounds", "1", "--examples", "4", "--candidates", "3"]
     return args
@@ -192,7 +195,7 @@ def _order(doc: Doc) -> int:
     first = sub[1] if sub and sub[0] in ("autoprompt", ".venv/bin/autoprompt") else ""
     if first == "tasks":  # (copies the example data the others read)
         return -1
-    return 0 if first in ("evaluate", "optimize", "labels", "models", "bench") else 1
+    return 0 if first in ("evaluate", "optimize", "labels", "models", "bench", "compare-methods") else 1
 
 
 def run_documented(doc: Doc, ws: Workspace) -> str | None:
