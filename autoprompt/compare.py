@@ -27,7 +27,7 @@ from autoprompt.compare_report import size_name, write_comparison
 from autoprompt.errors import AutoPromptError
 from autoprompt.files import read_json, write_atomic
 from autoprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from autoprompt.optimizer import optimize
+from autoprompt.optimizer import optimize, shared_evaluations
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run, invoked_command, split_results
 from autoprompt.searches import METHODS, config_from, fields_of
 from autoprompt.selection import DEFAULT_CONFIDENCE
@@ -201,7 +201,8 @@ def compare_methods(task: Task | str | os.PathLike, model: LanguageModel | str =
     write_atomic(folder / "comparison.json", _dumps({"format": FORMAT, "state": "running", "config": config,
                                                      "cells": read_cells(folder), "summary": {}}))
     try:
-        _run_cells(folder, config, task, model, progress)
+        with shared_evaluations():  # the task's own prompt on test: scored once, not once a cell
+            _run_cells(folder, config, task, model, progress)
     except BaseException as exc:
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         write_atomic(folder / "comparison.json", _dumps({"format": FORMAT, "state": state, "config": config,

@@ -4,6 +4,7 @@ baseline at the end, the prompt file and the report; the method (autoprompt.sear
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import logging
@@ -11,6 +12,7 @@ import os
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,8 +298,8 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
             continue
         bar.set_postfix(split=split)
         found, base = known.get(split) or (
-            evaluate(model, prompt, examples, metric=task.metric, caches=caches),
-            evaluate(model, baseline_prompt, examples, metric=task.metric, caches=caches))
+            _evaluate_once(model, prompt, examples, task.metric, caches),
+            _evaluate_once(model, baseline_prompt, examples, task.metric, caches))
         bar.update(0 if split in known else 2 * len(examples))
         record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
         if split == "train":
@@ -312,6 +314,31 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
                          "rendered": Predictor(prompt, model).render(dict(example.fields))}
     run.write_json("predictions.json", record, compact=True)  # thousands of labels
     return metrics, baseline, train
+
+
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("autoprompt_shared_evaluations", default=None)
+
+
+@contextmanager
+def shared_evaluations():
+    """Within it, optimize() scores a prompt without learned tensors on the same examples once: runs that
+    share a test split (a comparison's cells) score the task's own prompt on it once, not once a run."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _evaluate_once(model: LanguageModel, prompt: Prompt | Ensemble, examples, metric, caches: Caches) -> Evaluation:
+    shared = _SHARED.get()
+    if shared is None or isinstance(prompt, Ensemble) or prompt.adapter is not None:
+        return evaluate(model, prompt, examples, metric=metric, caches=caches)
+    key = (id(model), repr(prompt), metric if isinstance(metric, str) else id(metric),
+           tuple((e.source, e.answer, e.answers, tuple(sorted(e.fields.items()))) for e in examples))
+    if key not in shared:
+        shared[key] = evaluate(model, prompt, examples, metric=metric, caches=caches)
+    return shared[key]
 
 
 def _prompt_text(model: LanguageModel, prompt: Prompt | Ensemble) -> str:

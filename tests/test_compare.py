@@ -316,3 +316,28 @@ def test_bad_input_is_one_error_line_and_nothing_written(tiny_causal_dir: Path, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not runs.exists()
+
+
+def test_the_tasks_own_prompt_is_scored_on_test_once_for_all_cells(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    """Every cell's run scores the task's own prompt on the same test split: within a comparison it is
+    scored once (and a run outside one still scores it itself), with the same numbers."""
+    from autoprompt import optimizer
+
+    task = toy_task(n_test=7)
+    test_key = [key(e) for e in task.splits["test"]]
+    scored: list[str] = []
+    real = optimizer.evaluate
+
+    def counted(model, prompt, examples, **kwargs):
+        if [key(e) for e in examples] == test_key:
+            scored.append(repr(prompt))
+        return real(model, prompt, examples, **kwargs)
+
+    monkeypatch.setattr(optimizer, "evaluate", counted)
+    result = compare_methods(task, causal_lm, methods="manual", shots=[2, 3], seeds="0,1", runs_dir=tmp_path,
+                             progress=False)
+    assert len(result.cells) == 4 and len(scored) == len(set(scored)) == 1  # 4 runs x 2 prompts: one scoring
+    assert len({json.dumps(c["test"], sort_keys=True) for c in result.cells}) == 1
+    scored.clear()
+    autoprompt.optimize(task, causal_lm, method="manual", runs_dir=tmp_path / "alone", progress=False)
+    assert len(scored) == 2  # outside a comparison: the found prompt and the baseline, each scored
