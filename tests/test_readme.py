@@ -174,7 +174,10 @@ def adapt(words: list[str], ws: Workspace) -> list[str]:
         args = [re.sub(r"^postgresql\S*", f"sqlite:///{ws.folder / 'shared.db'}", a) for a in args]
         if "--seeds" in args:
             args = _set(args, "--seeds", "0,1")
-    if sub == "compare-methods":  # (the small sst2's dev has 14 negative reviews)
+    if sub == "compare-methods":  # (the small sst2's dev has 14 negative reviews; 3 s a run, whatever the budget)
+        if "--total-budget" in args:
+            at = args.index("--total-budget")
+            args = args[:at] + args[at + 2:]
         args = _set(_set(args, "--shots", "4"), "--time-budget", "3")
     if sub == "bench":
         args += ["--rounds", "1", "--examples", "4", "--candidates", "3"]
