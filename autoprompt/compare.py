@@ -25,10 +25,11 @@ from typing import Any
 
 from autoprompt.compare_report import size_name, write_comparison
 from autoprompt.errors import AutoPromptError
-from autoprompt.files import read_json, write_atomic
+from autoprompt.files import read_json, read_jsonl, write_atomic
 from autoprompt.models import DEFAULT_MODEL, LanguageModel, load_model
 from autoprompt.optimizer import optimize, shared_evaluations
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run, invoked_command, split_results
+from autoprompt.runs.folder import new_folder
 from autoprompt.searches import METHODS, config_from, fields_of
 from autoprompt.selection import DEFAULT_CONFIDENCE
 from autoprompt.task import Example, Task, load_task
@@ -195,7 +196,7 @@ def compare_methods(task: Task | str | os.PathLike, model: LanguageModel | str =
         config = plan(task, given, confidence)  # (bad input fails before the model loads)
         model = model if isinstance(model, LanguageModel) else load_model(model)
         _check_methods(task, model, config)
-        folder = _new_folder(Path(runs_dir), task.name)
+        folder = new_folder(Path(runs_dir), task.name, "compare")
         config |= {"model": model.name, "model_source": model.source, "command": invoked_command(),
                    "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     write_atomic(folder / "comparison.json", _dumps({"format": FORMAT, "state": "running", "config": config,
@@ -277,21 +278,6 @@ def _reopen(folder: Path, task: Task, model_name: str, given: dict[str, Any]) ->
     return folder, config
 
 
-def _new_folder(runs_dir: Path, task_name: str) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task_name).strip("-") or "task"
-    base, n = runs_dir / f"{stamp}-{slug}-compare", 1
-    while True:
-        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            n += 1
-        except OSError as exc:
-            raise AutoPromptError(f"{path}: cannot make the comparison folder ({exc.strerror or exc})") from None
-
-
 def cells_to_run(config: dict[str, Any]) -> list[tuple[str, Size, int]]:
     """Every (method, size, seed), smallest size first; at a size, seed by seed, every method."""
     return [(method, size, seed) for size in config["sizes"] for seed in config["seeds"] for method in config["methods"]]
@@ -365,16 +351,7 @@ def _triggers(run: Run, prompt_file: dict[str, Any]) -> int:
 
 def read_cells(folder: Path) -> list[dict[str, Any]]:
     """The finished cells of a comparison folder, in the order they finished (a torn last line: ignored)."""
-    path = folder / "cells.jsonl"
-    if not path.exists():
-        return []
-    cells = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            cells.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return cells
+    return read_jsonl(folder / "cells.jsonl")
 
 
 def append_cell(folder: Path, cell: dict[str, Any]) -> None:

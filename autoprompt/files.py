@@ -55,6 +55,19 @@ def read_json(path: Path) -> Any:
         raise AutoPromptError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
 
+def read_jsonl(path: Path) -> list[Any]:
+    """The objects of a JSON-lines file, one per line, up to a torn line (a killed writer's); none if absent."""
+    if not path.exists():
+        return []
+    objects = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            objects.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return objects
+
+
 def _fsync_folder(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

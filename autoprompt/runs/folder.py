@@ -24,10 +24,26 @@ from pathlib import Path
 from typing import Any
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.files import read_json, write_atomic
+from autoprompt.files import read_json, read_jsonl, write_atomic
 from autoprompt.redaction import redact_url
 
 DEFAULT_RUNS_DIR = Path("runs")
+
+
+def new_folder(runs_dir: Path, task_name: str, kind: str) -> Path:
+    """A new folder ``<runs_dir>/<timestamp>-<task>-<kind>`` (``-2``, ``-3``, ... when that one exists)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task_name).strip("-") or "task"
+    base, n = runs_dir / f"{stamp}-{slug}-{kind}", 1
+    while True:
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise AutoPromptError(f"{path}: cannot make the folder ({exc.strerror or exc})") from None
 
 
 class Run:
@@ -39,18 +55,7 @@ class Run:
     @classmethod
     def create(cls, task_name: str, method: str, config: dict[str, Any], *,
                runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Run:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task_name).strip("-") or "task"
-        base = Path(runs_dir) / f"{stamp}-{slug}-{method}"
-        path, n = base, 1
-        while True:
-            try:
-                path.mkdir(parents=True)
-                break
-            except FileExistsError:
-                n += 1
-                path = base.with_name(f"{base.name}-{n}")
-        run = cls(path)
+        run = cls(new_folder(Path(runs_dir), task_name, method))
         run.write_json("config.json", config)
         return run
 
@@ -105,16 +110,7 @@ class Run:
 
     def events(self) -> list[dict[str, Any]]:
         """The logged events; a torn last line (a killed writer) is ignored."""
-        target = self.path / "log.jsonl"
-        if not target.exists():
-            return []
-        events = []
-        for line in target.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return events
+        return read_jsonl(self.path / "log.jsonl")
 
     def truncate_log(self, keep: int) -> None:
         """Keep the first ``keep`` events (a resume drops steps after its checkpoint)."""
