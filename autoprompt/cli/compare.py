@@ -26,7 +26,7 @@ from autoprompt.cli.options import TASK_FLAGS, Duration, model_options, resolve_
               "together, split evenly over them (manual runs only score) [default: 2h].")
 @click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
               help="A run keeps the task's own prompt unless the found prompt's dev gain is above zero with this "
-              "confidence (0: any gain) [default: 0.95].")
+              "confidence (0: unless it is worse on dev) [default: 0: each method's own result].")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="The comparison goes to RUNS_DIR/<timestamp>-<task>-compare/.")
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), default=None,
@@ -42,11 +42,10 @@ def compare_methods(task: str, methods: str | None, shots: str | None, seeds: st
     better prompt or fine-tuning is worth it (comparison.md, .json, .png, and every cell in cells.jsonl).
 
     TASK is a built-in task, a task file (.py) or a data file (.csv, .tsv, .jsonl; --input, --label)."""
+    from autoprompt.compare import COMPARE_CONFIDENCE, parse_methods, parse_seeds, parse_sizes, plan
     from autoprompt.compare import compare_methods as run_comparison
-    from autoprompt.compare import parse_methods, parse_seeds, parse_sizes, plan
     from autoprompt.errors import AutoPromptError
     from autoprompt.models import DEFAULT_MODEL, load_model
-    from autoprompt.selection import DEFAULT_CONFIDENCE
 
     flags = {name: task_flags.pop(name) for name in TASK_FLAGS}
     given = {"methods": methods, "sizes": shots, "seeds": seeds, "time_budget": time_budget,
@@ -59,7 +58,7 @@ def compare_methods(task: str, methods: str | None, shots: str | None, seeds: st
     else:
         parse_methods(methods), parse_sizes(shots), parse_seeds(seeds)  # (before the task loads)
     the_task = resolve_task(task, **flags)
-    confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
+    confidence = COMPARE_CONFIDENCE if confidence is None else confidence
     if resume is None:
         plan(the_task, given, confidence)  # (bad sizes fail before the model loads)
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
