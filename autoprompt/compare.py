@@ -124,30 +124,28 @@ def check_sizes(task: Task, sizes: Sequence[Size]) -> None:
         if not task.splits.get(split):
             raise AutoPromptError(f"{task.name}: a comparison needs a {split} split")
     numbers = [s for s in sizes if s != "all"]
-    for split, examples in (("train", task.splits["train"]), ("dev", dev_pool(task))):
-        if not numbers:
-            break
-        where = split if split == "train" else "dev (less any example also in train)"
-        if per_class(task):
-            counts = {label: sum(e.answer == label for e in examples) for label in task.labels}
-            label, smallest = min(counts.items(), key=lambda kv: kv[1])
-            if max(numbers) > smallest:
-                raise AutoPromptError(f"--shots {max(numbers)}: {where}'s smallest class, {label!r}, has {smallest} "
-                                      f"examples (a size is examples per class; the few-shot dev is as large as "
-                                      "train)")
-        elif max(numbers) > len(examples):
-            raise AutoPromptError(f"--shots {max(numbers)}: {task.name}'s {where} has {len(examples)} examples (for "
-                                  "a task without labels a size is examples in all)")
+    examples = task.splits["train"]
+    if numbers and per_class(task):
+        counts = {label: sum(e.answer == label for e in examples) for label in task.labels}
+        label, smallest = min(counts.items(), key=lambda kv: kv[1])
+        if max(numbers) > smallest:
+            raise AutoPromptError(f"--shots {max(numbers)}: train's smallest class, {label!r}, has {smallest} "
+                                  "examples (a size is examples per class)")
+    elif numbers and max(numbers) > len(examples):
+        raise AutoPromptError(f"--shots {max(numbers)}: {task.name}'s train has {len(examples)} examples (for "
+                              "a task without labels a size is examples in all)")
+    if numbers and not dev_pool(task):
+        raise AutoPromptError(f"{task.name}: every dev example is also in train; a comparison needs a dev of its own")
 
 
 def sample_task(task: Task, size: Size, seed: int) -> Task:
     """The task with train and dev sampled for (size, seed): ``size`` examples per class (a label task) or in
-    all, dev the same size as train (from the dev examples that are not also in train); ``all``: the task
-    itself. Test is the task's."""
+    all, dev the same size as train or, where dev has fewer, all of it (from the dev examples that are not also
+    in train); ``all``: the task itself. Test is the task's."""
     if size == "all":
         return task
     train = _sample(task.splits["train"], size, task, random.Random(f"autoprompt.compare/{size}/{seed}/train"))
-    dev = _sample(dev_pool(task), size, task, random.Random(f"autoprompt.compare/{size}/{seed}/dev"))
+    dev = _sample(dev_pool(task), size, task, random.Random(f"autoprompt.compare/{size}/{seed}/dev"), cap=True)
     generation = task.generation  # (its default answer length is read from every split: keep the task's)
     return dataclasses.replace(task, splits={"train": train, "dev": dev, "test": task.splits["test"]},
                                max_new_tokens=generation.max_new_tokens if generation else task.max_new_tokens)
@@ -159,9 +157,13 @@ def dev_pool(task: Task) -> list[Example]:
     return [e for e in task.splits["dev"] if _key(e) not in seen]
 
 
-def _sample(examples: list[Example], size: int, task: Task, rng: random.Random) -> list[Example]:
+def _sample(examples: list[Example], size: int, task: Task, rng: random.Random, *, cap: bool = False
+            ) -> list[Example]:
+    """``size`` examples per class or in all; ``cap``: as many as the smallest class has, if that is fewer."""
     groups = [list(range(len(examples)))] if not per_class(task) else \
         [[i for i, e in enumerate(examples) if e.answer == label] for label in task.labels]
+    if cap:
+        size = min(size, *(len(group) for group in groups if group))
     if any(len(group) < size for group in groups):
         unit = "per class" if per_class(task) else "in all"
         raise AutoPromptError(f"{task.name}: too few examples to draw {size} {unit} for a comparison")
