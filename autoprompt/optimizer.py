@@ -107,7 +107,10 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
                                       runs_dir)
     spec = METHODS[method]
     ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None)
-    ctx.budget.keep_for(spec.final_examples(searched_task, config))
+    baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
+                                   model=model.ref)  # (the template a resumed run was given)
+    already = _shared_examples(model, baseline, searched_task, seed)
+    ctx.budget.keep_for(spec.final_examples(searched_task, config) - already)
     if ctx.resume:
         spec.check_resume(ctx, config)  # (a bad checkpoint fails before the run is marked running)
     log.info("run folder: %s", run.path)
@@ -116,8 +119,6 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
     except KeyboardInterrupt:
         _interrupted(ctx, spec, config)
         raise
-    baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
-                                   model=model.ref)  # (the template a resumed run was given)
     return _finish(ctx, method, config, found, baseline, confidence, started)
 
 
@@ -334,11 +335,26 @@ def _evaluate_once(model: LanguageModel, prompt: Prompt | Ensemble, examples, me
     shared = _SHARED.get()
     if shared is None or isinstance(prompt, Ensemble) or prompt.adapter is not None:
         return evaluate(model, prompt, examples, metric=metric, caches=caches)
-    key = (id(model), repr(prompt), metric if isinstance(metric, str) else id(metric),
-           tuple((e.source, e.answer, e.answers, tuple(sorted(e.fields.items()))) for e in examples))
+    key = _shared_key(model, prompt, examples, metric)
     if key not in shared:
         shared[key] = evaluate(model, prompt, examples, metric=metric, caches=caches)
     return shared[key]
+
+
+def _shared_key(model: LanguageModel, prompt: Prompt, examples, metric) -> tuple:
+    return (id(model), repr(prompt), metric if isinstance(metric, str) else id(metric),
+            tuple((e.source, e.answer, e.answers, tuple(sorted(e.fields.items()))) for e in examples))
+
+
+def _shared_examples(model: LanguageModel, baseline: Prompt, task: Task, seed: int) -> int:
+    """Examples of the final scoring whose baseline evaluation an earlier run within shared_evaluations()
+    already made: the time budget keeps nothing back for them."""
+    shared = _SHARED.get()
+    if not shared:
+        return 0
+    samples = (_split_sample(task, split, seed)[0] for split in ("train", "dev", "test"))
+    return sum(len(examples) for examples in samples
+               if examples and _shared_key(model, baseline, examples, task.metric) in shared)
 
 
 def _prompt_text(model: LanguageModel, prompt: Prompt | Ensemble) -> str:

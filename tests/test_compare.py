@@ -345,3 +345,23 @@ def test_the_tasks_own_prompt_is_scored_on_test_once_for_all_cells(causal_lm, tm
     scored.clear()
     autoprompt.optimize(task, causal_lm, method="manual", runs_dir=tmp_path / "alone", progress=False)
     assert len(scored) == 2  # outside a comparison: the found prompt and the baseline, each scored
+
+
+def test_the_time_budget_keeps_nothing_back_for_a_baseline_already_scored(causal_lm, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """A cell's budget keeps time back for the scoring after its search; the task's own prompt on test, scored
+    once for all cells, is not part of it after the first cell (else a short budget went on nothing)."""
+    from autoprompt.budget import Budget
+    from autoprompt.searches.base import final_split_examples
+
+    kept: list[int] = []
+    real = Budget.keep_for
+    monkeypatch.setattr(Budget, "keep_for", lambda self, n: kept.append(n) or real(self, n))
+    task = toy_task(n_test=7)
+    compare_methods(task, causal_lm, methods="manual", shots=[2], seeds="0,1", runs_dir=tmp_path, progress=False)
+    sub = sample_task(task, 2, 1)
+    assert kept[0] == 2 * final_split_examples(sample_task(task, 2, 0))  # the first cell: both prompts, all splits
+    assert kept[1] == 2 * final_split_examples(sub) - len(task.splits["test"])  # then test's baseline is known
+    kept.clear()
+    autoprompt.optimize(task, causal_lm, method="manual", time_budget=60, runs_dir=tmp_path / "alone", progress=False)
+    assert kept == [2 * final_split_examples(task)]
