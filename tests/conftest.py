@@ -75,6 +75,14 @@ def require_real_model() -> None:
     check_real_model()
 
 
+@pytest.fixture
+def cpu_only() -> None:
+    """Request this fixture in tests of the CPU path alone (its batch budget, its matmul tuning): they skip
+    when AUTOPROMPT_TEST_DEVICE runs the shared tiny models elsewhere."""
+    if TEST_DEVICE != "cpu":
+        pytest.skip(f"tests the CPU path; AUTOPROMPT_TEST_DEVICE={TEST_DEVICE} runs the shared models there")
+
+
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 

@@ -71,11 +71,11 @@ def test_soft_prompt_log_probs_equal_a_plain_forward_with_inputs_embeds(causal_l
     embedding = causal_lm.hf_model.get_input_embeddings().weight
     words = [ids[0][0] for ids in label_word_ids(causal_lm, prompt)]
     for row, enc in enumerate(encode_examples(causal_lm, replace(prompt, adapter=None), examples)):
-        embeds = embedding[torch.tensor(enc.input_ids)].clone()
-        embeds[enc.trigger_positions] = vectors
+        embeds = embedding[torch.tensor(enc.input_ids, device=causal_lm.device)].clone()
+        embeds[enc.trigger_positions] = vectors.to(causal_lm.device)
         with torch.no_grad():
             logits = causal_lm.hf_model(inputs_embeds=embeds[None]).logits[0, enc.answer_position]
-        plain = torch.log_softmax(logits.float(), dim=-1)[words]
+        plain = torch.log_softmax(logits.float(), dim=-1)[words].cpu()
         torch.testing.assert_close(torch.as_tensor(got[row], dtype=torch.float32), plain, rtol=0, atol=1e-4)
 
 

@@ -114,7 +114,7 @@ def test_out_of_memory_halves_the_batch_for_good(causal_lm, monkeypatch) -> None
     assert len(failures) == before  # the next call starts small: no out-of-memory again
 
 
-def test_cpu_batch_budget_and_tuning_are_set_once(causal_lm) -> None:
+def test_cpu_batch_budget_and_tuning_are_set_once(cpu_only, causal_lm) -> None:
     assert causal_lm.batch_tokens == CPU_BATCH_TOKENS
     first = tune_cpu()
     assert tune_cpu() is first  # once per process

@@ -48,8 +48,9 @@ def test_batched_greedy_equals_hugging_face_generate_one_by_one(causal_lm, paddi
                                                             "the others of the batch", "hi"]]
     batched = greedy_tokens(causal_lm, inputs, 6)
     for ids, got in zip(inputs, batched, strict=True):
-        alone = causal_lm.hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                            max_new_tokens=6, do_sample=False, pad_token_id=causal_lm.pad_id)
+        row = torch.tensor([ids], device=causal_lm.device)
+        alone = causal_lm.hf_model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=6, do_sample=False,
+                                            pad_token_id=causal_lm.pad_id)
         assert got == alone[0, len(ids):].tolist()
 
 
@@ -93,7 +94,7 @@ def test_whole_target_likelihood_equals_a_plain_forward(causal_lm) -> None:
     log_probs, _, _ = score_targets(causal_lm, prompt, examples)
     for example, enc, target, got in zip(examples, encode_examples(causal_lm, prompt, examples),
                                          target_ids(causal_lm, prompt, examples), log_probs, strict=True):
-        ids = torch.tensor([list(enc.input_ids) + target])
+        ids = torch.tensor([list(enc.input_ids) + target], device=causal_lm.device)
         plain = torch.log_softmax(causal_lm.hf_model(ids).logits[0].float(), dim=-1)
         expected = sum(plain[enc.answer_position + k, t].item() for k, t in enumerate(target))
         assert len(target) > 1 and got == pytest.approx(expected, abs=1e-4), example.answer
@@ -104,7 +105,7 @@ def _plain_target_loss(model, enc, target, embeds=None, stop=()) -> torch.Tensor
     from autoprompt.scoring.endings import END, end_tokens
 
     assert target[-1] == END  # the objective: the answer, then the end of the answer
-    ids = torch.tensor(list(enc.input_ids) + target[:-1])
+    ids = torch.tensor(list(enc.input_ids) + target[:-1], device=model.device)
     logits = model.hf_model(inputs_embeds=embeds[None]).logits if embeds is not None else model.hf_model(ids[None]).logits
     log_probs = torch.log_softmax(logits[0].float(), dim=-1)
     answer = sum(log_probs[enc.answer_position + k, t] for k, t in enumerate(target[:-1]))
@@ -122,13 +123,13 @@ def test_the_gradient_of_the_whole_target_objective_equals_autograd(causal_lm, s
     objective = objective_for(prompt)
     assert isinstance(objective, TargetObjective)
     embedding = causal_lm.hf_model.get_input_embeddings().weight
-    one_hot = torch.zeros(2, causal_lm.vocab_size)
+    one_hot = torch.zeros(2, causal_lm.vocab_size, device=causal_lm.device)
     one_hot[torch.arange(2), torch.tensor([30, 31])] = 1
     one_hot.requires_grad_(True)
     total = 0
     for enc, target in zip(encode_examples(causal_lm, prompt, examples),
                            target_ids(causal_lm, prompt, examples, end=True), strict=True):
-        embeds = embedding[torch.tensor(list(enc.input_ids) + target[:-1])].clone()
+        embeds = embedding[torch.tensor(list(enc.input_ids) + target[:-1], device=causal_lm.device)].clone()
         for slot, position in enumerate(enc.trigger_positions):
             embeds[position] = one_hot[slot] @ embedding
         total = total + _plain_target_loss(causal_lm, enc, target, embeds, stop)

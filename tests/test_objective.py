@@ -27,11 +27,11 @@ def multi_token_prompt(model) -> Prompt:
 def plain_answer_log_probs(model, prompt: Prompt, examples, answers, one_hot=None) -> torch.Tensor:
     """log p(answer) [n, n_answers] by a plain forward of each whole sequence (example + answer), one at a time."""
     embedding = model.hf_model.get_input_embeddings().weight
-    out = torch.zeros(len(examples), len(answers[0]))
+    out = torch.zeros(len(examples), len(answers[0]), device=model.device)
     for i, enc in enumerate(encode_examples(model, prompt, examples)):
         for a, tokens in enumerate(answers[i]):
             ids = list(enc.input_ids) + list(tokens)
-            embeds = embedding[torch.tensor(ids)].clone()
+            embeds = embedding[torch.tensor(ids, device=model.device)].clone()
             if one_hot is not None:
                 for slot, position in enumerate(enc.trigger_positions):
                     embeds[position] = one_hot[slot] @ embedding
@@ -56,7 +56,7 @@ def test_multi_token_label_words_are_teacher_forced_in_gradient_and_candidates(c
         plain = objective.loss(swapped, examples, plain_answer_log_probs(model, swapped, examples, answers))
         assert row == pytest.approx(float(plain.mean()), abs=1e-4)
     # the gradient is the gradient of that same loss
-    one_hot = torch.zeros(2, model.vocab_size)
+    one_hot = torch.zeros(2, model.vocab_size, device=model.device)
     one_hot[torch.arange(2), torch.tensor(prompt.trigger_ids)] = 1
     one_hot.requires_grad_(True)
     objective.loss(prompt, examples, plain_answer_log_probs(model, prompt, examples, answers, one_hot)).mean().backward()

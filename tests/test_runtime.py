@@ -31,7 +31,7 @@ def fresh_tuning(monkeypatch):
     runtime.tune_cpu.cache_clear()
 
 
-def test_the_fast_fp32_gemm_only_while_scoring(causal_lm, monkeypatch, fresh_tuning) -> None:
+def test_the_fast_fp32_gemm_only_while_scoring(cpu_only, causal_lm, monkeypatch, fresh_tuning) -> None:
     """Where oneDNN's fp32 GEMM is exact and faster (the AVX2 AMD machine), scoring uses it; the caller's
     precision is back after."""
     monkeypatch.setattr(runtime, "onednn_fp32_is_exact", lambda: True)

@@ -30,14 +30,14 @@ def sentiment(template: str = SST2, **verbalizer: list[str]) -> Prompt:
 def reference_causal(lm: LanguageModel, prompt_text: str, answer_ids: list[int]) -> float:
     """log p(answer | prompt) by teacher forcing, one full unpadded forward."""
     context = lm.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([context + answer_ids[:-1]])
+    ids = torch.tensor([context + answer_ids[:-1]], device=lm.device)
     with torch.no_grad():
         log_probs = torch.log_softmax(lm.hf_model(input_ids=ids).logits[0].float(), dim=-1)
     return sum(log_probs[len(context) - 1 + k, t].item() for k, t in enumerate(answer_ids))
 
 
 def reference_masked(lm: LanguageModel, prompt_text: str, token_id: int) -> float:
-    enc = lm.tokenizer(prompt_text, return_tensors="pt")
+    enc = lm.tokenizer(prompt_text, return_tensors="pt").to(lm.device)
     mask_position = enc["input_ids"][0].tolist().index(lm.tokenizer.mask_token_id)
     with torch.no_grad():
         logits = lm.hf_model(**enc).logits[0, mask_position].float()
@@ -129,7 +129,7 @@ def test_error_names_the_example(causal_lm: LanguageModel) -> None:
 def test_score_targets_ranks_and_log_probs(causal_lm: LanguageModel) -> None:
     prompt = Prompt("{subject} was born in[P]", None, fields=("subject",))
     context = fill_template(prompt.template, {"subject": "Ada"})
-    ids = torch.tensor([causal_lm.tokenizer(context, add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([causal_lm.tokenizer(context, add_special_tokens=False)["input_ids"]], device=causal_lm.device)
     with torch.no_grad():
         log_probs = torch.log_softmax(causal_lm.hf_model(input_ids=ids).logits[0, -1].float(), dim=-1)
     top = int(log_probs.argmax())

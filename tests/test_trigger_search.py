@@ -68,7 +68,7 @@ def test_gradient_points_to_lower_loss(causal_lm):
     start = model.tokenizer(" the", add_special_tokens=False)["input_ids"] * 3
     prompt = prompt.with_triggers(start, [" the"] * 3)
     examples = task.examples("train")
-    scores = trigger_gradient(model, prompt, examples, "vocab")
+    scores = trigger_gradient(model, prompt, examples, "vocab").cpu()
     scores[:, ~allowed_tokens(model, prompt, ascii_only=True, whole_words=False)] = float("nan")
     slot = 2
     ranked = torch.argsort(torch.nan_to_num(scores[slot], nan=-1e9), descending=True).numpy()
@@ -93,11 +93,11 @@ def plain_trigger_gradient(model, prompt: Prompt, examples: list[Example], loss_
     embedding = model.hf_model.get_input_embeddings().weight
     encoded = encode_examples(model, prompt, examples)
     n_slots = len(prompt.trigger_ids)
-    one_hot = torch.zeros(n_slots, model.vocab_size)
+    one_hot = torch.zeros(n_slots, model.vocab_size, device=model.device)
     one_hot[torch.arange(n_slots), torch.tensor(prompt.trigger_ids)] = 1
     one_hot.requires_grad_(True)
     width = max(len(e.input_ids) for e in encoded)
-    rows, mask = [], torch.zeros(len(encoded), width, dtype=torch.long)
+    rows, mask = [], torch.zeros(len(encoded), width, dtype=torch.long, device=model.device)
     for r, e in enumerate(encoded):
         row = [embedding[i] for i in e.input_ids] + [embedding[model.pad_id]] * (width - len(e.input_ids))
         for slot, position in enumerate(e.trigger_positions):
@@ -256,8 +256,9 @@ def plain_target_ranks(model, prompt: Prompt, examples: list[Example]) -> np.nda
     template = render_template(model, prompt)
     ranks = []
     for example, encoded in zip(examples, encode_examples(model, prompt, examples), strict=True):
+        ids = torch.tensor([encoded.input_ids], device=model.device)
         with torch.no_grad():
-            logits = model.hf_model(torch.tensor([encoded.input_ids])).logits[0, encoded.answer_position].float()
+            logits = model.hf_model(ids).logits[0, encoded.answer_position].float()
         first = model.renderer.answer_ids(example.answer, template)[0]
         ranks.append(int((logits > logits[first]).sum()))
     return np.array(ranks)
