@@ -112,12 +112,18 @@ def markdown(config: dict[str, Any], summary: dict[str, Any], *, picture: bool =
               "examples) and never chooses anything.",
               f"- Time: {config['budget_rule']}"
               + (f": {config['time_budget']:.0f} s per run." if config["time_budget"] else "."),
-              f"- A run keeps the task's own prompt when the found prompt's dev gain is not above zero with "
-              f"confidence {config['confidence']} (then it delivers the task's prompt file alone); \"kept k/n\" "
+              f"- {_keep_rule(config['confidence'])} (then it delivers the task's prompt file alone); \"kept k/n\" "
               "counts such runs.",
               "- Method settings: " + (json.dumps(config["settings"]) if config["settings"] else "each method's defaults")
               + ". Each run's folder (its report, prompt file and adapter) is in `runs/`; every cell in `cells.jsonl`."]
     return "\n".join(lines) + "\n"
+
+
+def _keep_rule(confidence: float) -> str:
+    if confidence <= 0:
+        return "Each method's own result: a run keeps the task's own prompt only when the found one is worse on dev"
+    return (f"A run keeps the task's own prompt when the found prompt's dev gain is not above zero with confidence "
+            f"{confidence}")
 
 
 def _entry_text(entry: dict[str, Any] | None) -> str:

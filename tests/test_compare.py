@@ -289,7 +289,8 @@ def test_the_command_prints_progress_and_one_json_object(tiny_causal_dir: Path, 
     assert report["cells"][1]["examples"] == {"train": 15, "dev": 12, "test": 4}  # all: the task's own splits
     assert "cell 1/2: manual, 1 shot, seed 0" in result.stderr
     assert "cell 2/2: manual, all of train (15 examples), seed 0" in result.stderr
-    assert Path(report["files"]["markdown"]).exists()
+    assert report["config"]["confidence"] == 0  # each method's own result, unless --confidence is given
+    assert "only when the found one is worse on dev" in Path(report["files"]["markdown"]).read_text()
     again = CliRunner().invoke(main, ["compare-methods", str(task), "--resume", report["folder"]])
     assert again.exit_code == 0, again.output  # every cell is done: only the report is written again
     assert "cell 1/2" not in again.stderr and "2 cells" in again.stdout
