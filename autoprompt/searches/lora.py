@@ -1,7 +1,8 @@
 """Prompt-based fine-tuning (LM-BFF, Gao et al. 2021) with LoRA (Hu et al. 2021): the model learns
-the task through the task's own template and verbalizer, the answer read at [P] as in every other
-method, with low-rank updates to its attention projections (peft's LoRA layers). B starts at zero, so
-step 0 is the task's prompt on the untouched model. The adapter's tensors go beside the prompt file."""
+the task through the task's own template and verbalizer (the hybrid's LoRA stage: through its winner),
+the answer read at [P] as in every other method, with low-rank updates to its attention projections
+(peft's LoRA layers). B starts at zero, so step 0 is the prompt on the untouched model. The adapter's
+tensors go beside the prompt file."""
 
 from __future__ import annotations
 
@@ -36,9 +37,11 @@ class LoraTuningConfig(tuning.TuningConfig):
     lora_lr: float = opt(5e-4, "Learning rate of the LoRA weights (AdamW).")
 
 
-def plan(model: LanguageModel, task: Task, cfg: LoraTuningConfig, seed: int) -> tuning.Plan:
-    """The task's own prompt on the model with fresh LoRA layers (A seeded, B zero)."""
-    prompt = replace(Prompt.from_task(task), model=model.ref)
+def plan(model: LanguageModel, task: Task, cfg: LoraTuningConfig, seed: int,
+         prompt: Prompt | None = None) -> tuning.Plan:
+    """``prompt`` (default: the task's own) on the model with fresh LoRA layers (A seeded, B zero): the
+    hybrid's LoRA stage trains through its winner."""
+    prompt = replace(prompt or Prompt.from_task(task), model=model.ref)
     settings = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                 "target_modules": lora_targets(model, cfg.lora_targets)}
     fingerprint = model.weights_fingerprint
