@@ -87,8 +87,12 @@ def _history_png(events: list[dict[str, Any]], path: Path, method: str | None) -
     from matplotlib.figure import Figure
 
     trials = [e for e in events if "trial" in e and "state" in e]  # a trial's outcome (not its re-scoring)
-    steps = [e for e in events if "step" in e]
-    panels = [(draw, data) for draw, data in ((_trials_panel, trials), (_steps_panel, steps)) if data]
+    steps: dict[str | None, list[dict[str, Any]]] = {}  # a hybrid's trigger steps, then its LoRA stage's
+    for e in events:
+        if "step" in e:
+            steps.setdefault(e.get("stage"), []).append(e)
+    panels = [(_trials_panel, trials)] if trials else []
+    panels += [(_steps_panel, data) for data in steps.values()]
     if not panels:
         return False
     fig = Figure(figsize=(7, 3.2 * len(panels)), layout="constrained")

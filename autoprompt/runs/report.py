@@ -35,6 +35,7 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
              f"state **{info['state']}** · {info['work']} · {format_seconds(info['seconds'])} · seed {info['seed']}", ""]
     lines += prompt_section(run, predictions)
     lines += ensemble_section(run.result().get("ensemble"))
+    lines += stages_section(run.result().get("stages"), metric)
     lines += [f"## Metrics: {metric}", ""]
     if predictions is None:
         lines += ["This run has no predictions.json (it was made before runs saved them, or did not finish): "
@@ -123,6 +124,19 @@ def ensemble_section(info: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {n}{' (member)' if n <= k else ''} | {member.get('trial', '')} | {format_value(member['dev'])} "
                      f"| {format_value(row['dev'])}{mark} |")
     return lines + ["", f"Note: {info['note']}.", ""]
+
+
+def stages_section(stages: dict[str, Any] | None, metric: str) -> list[str]:
+    """Markdown: a hybrid's stages (with --lora-stage), each one's best prompt on dev and test, and the one shipped."""
+    if not stages:
+        return []
+    lines = ["## Stages", "", "Each stage's best prompt: dev as the stage measured it, test scored once at the end "
+             "(never used to choose). ✓: the stage whose prompt the hybrid chose.", "",
+             f"| stage | dev {metric} | test {metric} |", "|---|---|---|"]
+    for name, row in stages.items():
+        lines.append(f"| {name}{' ✓' if row.get('chosen') else ''} | {format_value(row.get('dev'))} "
+                     f"| {format_value(row.get('test'))} |")
+    return lines + [""]
 
 
 def _prompt_file_text(run: Run) -> str | None:
