@@ -155,6 +155,23 @@ def test_the_budget_splits_in_three_with_the_stage_in_two_without(causal_lm, tmp
     assert shares == [0.5]
 
 
+def test_a_stage_that_is_done_frees_the_time_kept_for_its_scoring(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    """The budget keeps time back for what is scored after a search; once the template stage has re-scored its
+    best trials (and the trigger stage scored its prompt on dev) the later stages may spend that time."""
+    from autoprompt.searches.base import final_split_examples
+    from autoprompt.searches.template import rescored_examples
+
+    kept, real_keep = [], Budget.keep_for
+    monkeypatch.setattr(Budget, "keep_for", lambda self, n: kept.append(n) or real_keep(self, n))
+    config = hybrid(tmp_path, epochs=1)
+    run_hybrid(causal_lm, tmp_path / "on", config, time_budget=3600)
+    task = label_task()
+    dev = len(task.examples("dev"))
+    rescored = rescored_examples(task, config.template_search)
+    assert rescored >= dev and kept[0] > kept[1] > kept[2] >= 2 * final_split_examples(task) - dev
+    assert kept[1:] == [kept[0] - rescored, kept[0] - rescored - dev]
+
+
 @pytest.mark.parametrize("winner", ["template", "hybrid"])
 def test_interrupted_in_the_lora_stage_resumes_to_the_same_result(causal_lm, tmp_path: Path, monkeypatch,
                                                                    winner: str) -> None:

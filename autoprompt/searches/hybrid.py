@@ -66,13 +66,20 @@ class _Stage:
 def search(ctx: Context, cfg: HybridConfig) -> Found:
     staged = cfg.lora.lora_stage  # three stages: a third of the time each; else half for the triggers
     template = template_stage(ctx, cfg.template_search, budget=ctx.budget.stage(1 / 3 if staged else 0.5))
+    _scored(ctx, template_method.rescored_examples(ctx.task, cfg.template_search))
     if not staged:
         return _trigger_stage(ctx, cfg, template, ctx.budget).found
     chosen = _saved_choice(ctx, cfg, template) if ctx.resume else None
     if chosen is None:
         chosen = _trigger_stage(ctx, cfg, template, ctx.budget.stage(0.5))
         write_choice(ctx.run, chosen)
+    _scored(ctx, len(ctx.task.examples("dev")))  # (the trigger stage's prompt on dev, to choose)
     return lora_stage(ctx, cfg.lora, chosen)
+
+
+def _scored(ctx: Context, n_examples: int) -> None:
+    """A stage scored ``n_examples`` the budget kept time back for: the later stages may spend it."""
+    ctx.budget.keep_for(max(0, ctx.budget.kept_examples - n_examples))
 
 
 def _trigger_stage(ctx: Context, cfg: HybridConfig, template: TemplateResult, budget) -> Chosen:

@@ -343,12 +343,17 @@ def best_so_far(ctx: Context, cfg: TemplateSearchConfig) -> Found | None:
     return None if best is None else Found(best[0], info={"trial": best[1].number, "trial_dev": best[1].value})
 
 
+def rescored_examples(task: Task, cfg: TemplateSearchConfig) -> int:
+    """Dev examples the search scores after its trials: its best trials re-scored on all of dev."""
+    dev = len(task.splits.get("dev") or [])
+    return max(1 if not cfg.trial_dev or cfg.trial_dev >= dev else max(1, cfg.rescore_top), cfg.ensemble_max) * dev
+
+
 def final_examples(task: Task, cfg: TemplateSearchConfig) -> int:
     """The best trials re-scored on dev (the winner's dev scores are kept), then both prompts at the end
     (an ensemble: each of its members)."""
     dev = len(task.splits.get("dev") or [])
-    rescored = max(1 if not cfg.trial_dev or cfg.trial_dev >= dev else max(1, cfg.rescore_top), cfg.ensemble_max)
-    return rescored * dev + (1 + max(1, cfg.ensemble_max)) * final_split_examples(task) - dev
+    return rescored_examples(task, cfg) + (1 + max(1, cfg.ensemble_max)) * final_split_examples(task) - dev
 
 
 def check_settings(task: Task, cfg: TemplateSearchConfig) -> None:
