@@ -224,16 +224,21 @@ def test_same_seed_same_training_other_seed_other(causal_lm, tmp_path: Path) -> 
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
-def test_interrupted_training_resumes_to_the_same_result(causal_lm, tmp_path: Path, monkeypatch) -> None:
-    straight = _lora(causal_lm, tmp_path / "straight")
+def interrupt_training_at(monkeypatch, step: int) -> None:
+    """Ctrl-C when soft-prompt or LoRA training is about to take step ``step`` + 1."""
     real_step = tuning._Tuner._step
 
     def step_then_interrupt(self):
-        if self.state.step == 3:  # after the dev check (and checkpoint) of step 2
+        if self.state.step == step:
             raise KeyboardInterrupt
         return real_step(self)
 
     monkeypatch.setattr(tuning._Tuner, "_step", step_then_interrupt)
+
+
+def test_interrupted_training_resumes_to_the_same_result(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    straight = _lora(causal_lm, tmp_path / "straight")
+    interrupt_training_at(monkeypatch, 3)  # after the dev check (and checkpoint) of step 2
     with pytest.raises(KeyboardInterrupt):
         _lora(causal_lm, tmp_path / "stopped")
     run = next((tmp_path / "stopped").iterdir())
@@ -241,7 +246,7 @@ def test_interrupted_training_resumes_to_the_same_result(causal_lm, tmp_path: Pa
     interrupted = autoprompt.read_prompt_file(run / "best.prompt.json")  # the best so far, with its adapter
     assert interrupted.search["interrupted"] and interrupted.prompt.adapter.kind == "lora"
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
-    monkeypatch.setattr(tuning._Tuner, "_step", real_step)
+    monkeypatch.undo()  # no more interrupts
     resumed = optimize(label_task(), causal_lm, resume=run, progress=False)
     assert [e.get("loss") for e in resumed.history] == [e.get("loss") for e in straight.history]
     for name, tensor in straight.prompt.adapter.tensors.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_adapters import VERBALIZER, label_task
+from test_adapters import VERBALIZER, interrupt_training_at, label_task
 
 import autoprompt
 from autoprompt.budget import Budget
@@ -23,7 +23,7 @@ from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import read_prompt_file
 from autoprompt.runs import Run
 from autoprompt.scoring import evaluate
-from autoprompt.searches import lora, tuning
+from autoprompt.searches import lora
 from autoprompt.searches.checkpoint import read_checkpoint
 from autoprompt.searches.hybrid import HybridConfig
 from autoprompt.searches.hybrid_stages import LoraStageConfig
@@ -178,14 +178,7 @@ def test_interrupted_in_the_lora_stage_resumes_to_the_same_result(causal_lm, tmp
     config, task = hybrid(tmp_path, epochs=3, eval_every=2), label_task() if winner == "template" else trigger_task(causal_lm)
     straight = run_hybrid(causal_lm, tmp_path / "straight", config, task)
     assert json.loads((straight.run_dir / "hybrid_choice.json").read_text())["winner"] == winner
-    real_step = tuning._Tuner._step
-
-    def step_then_interrupt(self):
-        if self.state.step == 3:  # after the dev check (and checkpoint) of step 2
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(tuning._Tuner, "_step", step_then_interrupt)
+    interrupt_training_at(monkeypatch, 3)  # after the dev check (and checkpoint) of step 2
     with pytest.raises(KeyboardInterrupt):
         run_hybrid(causal_lm, tmp_path / "stopped", config, task)
     run = next((tmp_path / "stopped" / "runs").iterdir())
@@ -193,7 +186,7 @@ def test_interrupted_in_the_lora_stage_resumes_to_the_same_result(causal_lm, tmp
     assert read_prompt_file(run / "best.prompt.json").search["interrupted"]  # the best so far
     assert json.loads((run / "lora" / "checkpoint.json").read_text())["step"] == 2
     assert read_checkpoint(Run(run)).step == 2  # the trigger stage's, untouched
-    monkeypatch.setattr(tuning._Tuner, "_step", real_step)
+    monkeypatch.undo()  # no more interrupts
     resumed = optimize(task, causal_lm, resume=run, progress=False)
 
     def shown(events):
