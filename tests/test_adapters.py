@@ -214,8 +214,9 @@ def test_a_generation_task_end_to_end(causal_lm, tmp_path: Path, method: str, se
 # --- seeds, interruption, resume -------------------------------------------------------------------------
 
 def _lora(causal_lm, folder: Path, seed: int = 0, **kwargs):
+    settings = {"epochs": 3, "batch_size": 4, "eval_every": 2, "lora_lr": 0.02, **kwargs}
     return optimize(label_task(), causal_lm, method="lora", runs_dir=folder, progress=False, seed=seed, confidence=0,
-                    epochs=3, batch_size=4, eval_every=2, lora_lr=0.02, **kwargs)
+                    **settings)
 
 
 def test_same_seed_same_training_other_seed_other(causal_lm, tmp_path: Path) -> None:
@@ -243,9 +244,12 @@ def test_interrupted_training_resumes_to_the_same_result(causal_lm, tmp_path: Pa
         _lora(causal_lm, tmp_path / "stopped")
     run = next((tmp_path / "stopped").iterdir())
     assert json.loads((run / "result.json").read_text())["state"] == "interrupted"
-    interrupted = autoprompt.read_prompt_file(run / "best.prompt.json")  # the best so far, with its adapter
-    assert interrupted.search["interrupted"] and interrupted.prompt.adapter.kind == "lora"
-    assert json.loads((run / "checkpoint.json").read_text())["step"] == 2
+    interrupted = autoprompt.read_prompt_file(run / "best.prompt.json")  # the best so far (step 0: no adapter)
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    assert interrupted.search["interrupted"] and checkpoint["step"] == 2
+    assert interrupted.search["best_step"] == checkpoint["best_step"] >= 0
+    assert (interrupted.prompt.adapter is None) == (checkpoint["best_step"] == 0)
+    assert interrupted.prompt.adapter is None or interrupted.prompt.adapter.kind == "lora"
     monkeypatch.undo()  # no more interrupts
     resumed = optimize(label_task(), causal_lm, resume=run, progress=False)
     assert [e.get("loss") for e in resumed.history] == [e.get("loss") for e in straight.history]
@@ -291,3 +295,15 @@ def test_training_stops_on_its_time_budget(causal_lm, tmp_path: Path, monkeypatc
     result = _lora(causal_lm, tmp_path, time_budget=60.0)
     assert [e["step"] for e in result.history] == [0, 1, 2]
     assert set(kept) == {2 * (8 + 8 + 8)}  # both prompts on dev, test and train, kept back for after the training
+
+
+def test_lora_that_never_beats_the_untouched_model_ships_the_prompt_alone(causal_lm, tmp_path: Path) -> None:
+    """With a learning rate of 0 no step changes the model: the best step is 0, and the run delivers the task's
+    prompt file without an adapter (B is zero: an adapter file would change nothing)."""
+    result = _lora(causal_lm, tmp_path, lora_lr=0.0, max_steps=3, eval_every=1, lora_dropout=0.0)
+    saved = json.loads(result.prompt_file.read_text())
+    assert "adapter" not in saved and result.prompt.adapter is None
+    assert saved["search"]["best_step"] == 0 and saved["search"]["adapter"].startswith("none")
+    assert not list(result.run_dir.glob("*.safetensors")) or all(
+        p.name.startswith("checkpoint") for p in result.run_dir.glob("*.safetensors"))
+    assert result.metrics["test"] == result.baseline["test"]

@@ -57,11 +57,21 @@ def plan(model: LanguageModel, task: Task, cfg: LoraTuningConfig, seed: int,
 
 
 def search(ctx: Context, cfg: LoraTuningConfig) -> Found:
-    return tuning.tune(ctx, cfg, plan(ctx.model, ctx.task, cfg, ctx.seed))
+    return untouched(tuning.tune(ctx, cfg, plan(ctx.model, ctx.task, cfg, ctx.seed)))
 
 
 def best_so_far(ctx: Context, cfg: LoraTuningConfig) -> Found | None:
-    return tuning.best_so_far(ctx, plan(ctx.model, ctx.task, cfg, ctx.seed))
+    found = tuning.best_so_far(ctx, plan(ctx.model, ctx.task, cfg, ctx.seed))
+    return None if found is None else untouched(found)
+
+
+def untouched(found: Found) -> Found:
+    """No step beat step 0 on dev: the prompt alone (B is zero: the adapter would change nothing but the
+    files to ship and load)."""
+    if found.info.get("best_step") != 0:
+        return found
+    return replace(found, prompt=replace(found.prompt, adapter=None),
+                   info={**found.info, "adapter": "none: no step was better on dev than the untouched model"})
 
 
 def check(task: Task, model: LanguageModel, cfg: LoraTuningConfig) -> None:
