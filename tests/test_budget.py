@@ -9,6 +9,7 @@ import pytest
 
 from autoprompt import budget as budget_module
 from autoprompt import optimizer as optimize_module
+from autoprompt import shared_scoring
 from autoprompt.budget import CACHED_FACTOR, Budget
 from autoprompt.optimizer import optimize
 from autoprompt.searches.base import TRAIN_SAMPLE
@@ -85,7 +86,8 @@ def scored_after_search(monkeypatch) -> list[int]:
         counted.append(len(examples))
         return real(model, prompt, examples, **kwargs)
 
-    monkeypatch.setattr(optimize_module, "evaluate", counting)
+    monkeypatch.setattr(optimize_module, "evaluate", counting)  # (the choice on dev)
+    monkeypatch.setattr(shared_scoring, "evaluate", counting)  # (the final scoring)
     return counted
 
 
@@ -121,3 +123,23 @@ def test_the_template_search_stops_on_its_budget(causal_lm, tmp_path: Path, monk
     # re-scoring the best 2 trials on all 20 dev examples (the winner's kept), both prompts on test and train
     final = 2 * 20 + (12 + 30) + (20 + 12 + 30)
     assert len(rescored) == 2 and set(kept) == {final} and sum(counted) + 2 * 20 == final  # (re-scoring: its own module)
+
+
+def test_re_scoring_the_best_trials_stops_when_the_whole_budget_is_spent(causal_lm, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """The search stops taking trials early enough to re-score its best on all of dev; when a run is past its
+    whole budget all the same (a trial with long demonstrations, scored on all of dev, took longer than the
+    trials measured), it re-scores no more than the best one."""
+    task = words_task()
+    space = tmp_path / "space.yaml"
+    space.write_text("instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n", encoding="utf-8")
+    cfg = TemplateSearchConfig(space=str(space), trials=9, pruner="none", trial_dev=10, chunk=5, rescore_top=3)
+    runs, spent = {}, iter([])
+    monkeypatch.setattr(Budget, "spent", lambda self: next(spent))
+    for over in (False, True):
+        spent = iter([False, False, False, True])
+        monkeypatch.setattr(Budget, "over", lambda self, over=over: over)
+        runs[over] = optimize(task, causal_lm, time_budget=60.0, runs_dir=tmp_path / str(over), method="template",
+                              config=cfg, progress=False).history
+    rescored = {over: [e["trial"] for e in history if e.get("stage") == "rescore"] for over, history in runs.items()}
+    assert len(rescored[False]) == 3 and rescored[True] == rescored[False][:1]

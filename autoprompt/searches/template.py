@@ -257,6 +257,10 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     rescored = []
     bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not ctx.progress)
     for t in top:
+        if rescored and ctx.budget.over():  # (a run's time is bounded: a trial can take long on all of dev)
+            log.info("time budget: %d of the best %d trials re-scored (%s)", len(rescored), len(top),
+                     ctx.budget.describe())
+            break
         choice = Choice.from_params(t.params, space)
         prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
         bar.update(len(dev))
