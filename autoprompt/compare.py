@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoprompt.compare_budget import BUDGET_RULE, DEFAULT_TOTAL_BUDGET, cell_budget
 from autoprompt.compare_report import size_name, write_comparison
 from autoprompt.errors import AutoPromptError
 from autoprompt.files import read_json, read_jsonl, write_atomic
 from autoprompt.models import DEFAULT_MODEL, LanguageModel, load_model
-from autoprompt.optimizer import optimize, shared_evaluations
+from autoprompt.optimizer import optimize
 from autoprompt.runs import DEFAULT_RUNS_DIR, Run, invoked_command, split_results
 from autoprompt.runs.folder import new_folder
 from autoprompt.searches import METHODS, config_from, fields_of
+from autoprompt.shared_scoring import shared_evaluations
 from autoprompt.task import Example, Task, load_task
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,6 @@ DEFAULT_SEEDS = (0, 1, 2)
 # Each method's own result: optimize's 95% rule keeps the task's prompt whenever dev is too small to support a
 # gain, and at 16 examples per class (a dev of 32) it kept it for every method, so the table compared nothing.
 COMPARE_CONFIDENCE = 0.0
-DEFAULT_TOTAL_BUDGET = 7200.0  # seconds, split evenly over the cells that search or train
-BUDGET_RULE = ("each run that searches or trains gets --time-budget seconds, or else --total-budget split "
-               "evenly over those runs; manual runs only score and have no budget")
 
 Size = int | str  # examples per class (label tasks) or in all; or "all"
 
@@ -187,9 +186,9 @@ def compare_methods(task: Task | str | os.PathLike, model: LanguageModel | str =
     per class for a label task, else in all; ``all``; default 16, 64, 256, all) with every seed (default 0, 1,
     2), one optimize() run each in ``<runs_dir>/<timestamp>-<task>-compare/runs/``, and write cells.jsonl,
     comparison.json, comparison.md and comparison.png there. ``time_budget``: seconds per run; else
-    ``total_budget`` (default 7200) split evenly over the runs that search or train. ``settings``: a method's
-    own settings (``{"soft": {"epochs": 2}}``; default: the method's defaults). ``resume``: a comparison
-    folder to finish with its saved settings (those given again must agree)."""
+    ``total_budget`` (default 7200) for the whole comparison, shared as it goes (compare_budget.py).
+    ``settings``: a method's own settings (``{"soft": {"epochs": 2}}``; default: the method's defaults).
+    ``resume``: a comparison folder to finish with its saved settings (those given again must agree)."""
     task = task if isinstance(task, Task) else load_task(task)
     given = {"methods": methods, "sizes": shots, "seeds": seeds, "time_budget": time_budget,
              "total_budget": total_budget, "settings": settings}
@@ -206,7 +205,7 @@ def compare_methods(task: Task | str | os.PathLike, model: LanguageModel | str =
     write_atomic(folder / "comparison.json", _dumps({"format": FORMAT, "state": "running", "config": config,
                                                      "cells": read_cells(folder), "summary": {}}))
     try:
-        with shared_evaluations():  # the task's own prompt on test: scored once, not once a cell
+        with shared_evaluations(search_budgets=True):  # the task's prompt on test scored once; budgets for searching
             _run_cells(folder, config, task, model, progress)
     except BaseException as exc:
         state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -237,10 +236,7 @@ def plan(task: Task, given: dict[str, Any], confidence: float) -> dict[str, Any]
     for name, value in (("--time-budget", per_run), ("--total-budget", total)):
         if value is not None and not value > 0:
             raise AutoPromptError(f"{name} must be positive, not {value}")
-    searching = sum(m != "manual" for m in methods) * len(sizes) * len(seeds)
     total = DEFAULT_TOTAL_BUDGET if per_run is None and total is None else total
-    if per_run is None and searching:
-        per_run = total / searching
     return {"task": task.name, "task_source": task.source, "metric": task.metric, "methods": methods,
             "sizes": sizes, "unit": "examples per class" if per_class(task) else "examples", "seeds": seeds,
             "labels": task.labels or None, "time_budget": per_run, "total_budget": total, "budget_rule": BUDGET_RULE,
@@ -300,8 +296,11 @@ def _run_cells(folder: Path, config: dict[str, Any], task: Task, model: Language
         if (size, seed) not in samples:
             samples = {(size, seed): sample_task(task, size, seed)}  # (one sample in memory at a time)
         sub = samples[size, seed]
-        log.info("cell %d/%d: %s, %s, seed %d", n, len(todo), method, size_text(size, config, sub), seed)
-        cell = run_cell(folder, config, sub, model, method, size, seed, progress)
+        left = [c for c in todo[n - 1:] if c not in done]
+        budget = cell_budget(config, read_cells(folder), left, method, size)
+        log.info("cell %d/%d: %s, %s, seed %d%s", n, len(todo), method, size_text(size, config, sub), seed,
+                 "" if budget is None else f", {budget:.0f} s")
+        cell = run_cell(folder, config, sub, model, method, size, seed, budget, progress)
         append_cell(folder, cell)
         log.info("cell %d/%d: test %s %s (%.0f s)", n, len(todo), config["metric"], _value(cell["test"]),
                  cell["seconds"])
@@ -315,14 +314,14 @@ def size_text(size: Size, config: dict[str, Any], sub: Task | None = None) -> st
 
 
 def run_cell(folder: Path, config: dict[str, Any], sub: Task, model: LanguageModel, method: str, size: Size,
-             seed: int, progress: bool) -> dict[str, Any]:
-    """One optimize() run on the sampled task, and what the comparison keeps of it."""
-    budget = None if method == "manual" else config["time_budget"]
+             seed: int, budget: float | None, progress: bool) -> dict[str, Any]:
+    """One optimize() run on the sampled task with ``budget`` seconds, and what the comparison keeps of it."""
     started = time.perf_counter()
     result = optimize(sub, model, method=method, seed=seed, time_budget=budget, confidence=config["confidence"],
                       runs_dir=folder / "runs", progress=progress, **config["settings"].get(method, {}))
     seconds = time.perf_counter() - started
-    return _cell(Run(result.run_dir), folder, config["metric"], method, size, seed, seconds, sub)
+    return {**_cell(Run(result.run_dir), folder, config["metric"], method, size, seed, seconds, sub),
+            "time_budget": budget}
 
 
 def _cell(run: Run, folder: Path, metric: str, method: str, size: Size, seed: int, seconds: float,

@@ -27,7 +27,10 @@ def summarize(config: dict[str, Any], cells: list[dict[str, Any]]) -> dict[str, 
                 rows[method][str(size)] = _entry(mine)
     train = {str(c["size"]): c["examples"]["train"] for c in cells}
     best = {str(size): _best(config, rows, str(size)) for size in config["sizes"]}
-    return {"metric": config["metric"], "rows": rows, "train_examples": train, "best": best}
+    budgets = {str(size): [c["time_budget"] for c in cells if c["size"] == size and c.get("time_budget")]
+               for size in config["sizes"]}
+    budgets = {size: round(statistics.fmean(given)) for size, given in budgets.items() if given}
+    return {"metric": config["metric"], "rows": rows, "train_examples": train, "best": best, "budgets": budgets}
 
 
 def _entry(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,13 +113,21 @@ def markdown(config: dict[str, Any], summary: dict[str, Any], *, picture: bool =
               f"train and dev, {config['splits']['train']} and {config['splits']['dev']} examples). Every method sees "
               f"the same samples for a size and seed. Test is the whole test split ({config['splits']['test']} "
               "examples) and never chooses anything.",
-              f"- Time: {config['budget_rule']}"
-              + (f": {config['time_budget']:.0f} s per run." if config["time_budget"] else "."),
+              f"- Time: {config['budget_rule']}" + _budgets_text(config, summary),
               f"- {_keep_rule(config['confidence'])} (then it delivers the task's prompt file alone); \"kept k/n\" "
               "counts such runs.",
               "- Method settings: " + (json.dumps(config["settings"]) if config["settings"] else "each method's defaults")
               + ". Each run's folder (its report, prompt file and adapter) is in `runs/`; every cell in `cells.jsonl`."]
     return "\n".join(lines) + "\n"
+
+
+def _budgets_text(config: dict[str, Any], summary: dict[str, Any]) -> str:
+    if config["time_budget"]:
+        return f": {config['time_budget']:.0f} s per run."
+    given = summary.get("budgets") or {}
+    sizes = ", ".join(f"{size} {given[str(size)]} s" for size in config["sizes"] if str(size) in given)
+    return f". {config['total_budget']:.0f} s in all" + (f"; a run's budget, the mean at each size: {sizes}." if sizes
+                                                         else ".")
 
 
 def _keep_rule(confidence: float) -> str:

@@ -4,15 +4,12 @@ baseline at the end, the prompt file and the report; the method (autoprompt.sear
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 import logging
 import os
-import random
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +38,9 @@ from autoprompt.runs import (
 )
 from autoprompt.scoring import Caches, Evaluation, evaluate, render_template
 from autoprompt.searches import METHODS, Context, Found, Method, config_dict, config_from, fields_of
-from autoprompt.searches.base import TRAIN_SAMPLE, config_sections, final_split_examples
+from autoprompt.searches.base import config_sections
 from autoprompt.selection import DEFAULT_CONFIDENCE, judge
+from autoprompt.shared_scoring import budgeted_examples, evaluate_once, scored_splits, split_sample
 from autoprompt.storage import use_storage_again
 from autoprompt.task import Task, load_task
 
@@ -109,8 +107,7 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
     ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None)
     baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
                                    model=model.ref)  # (the template a resumed run was given)
-    already = _shared_examples(model, baseline, searched_task, seed)
-    ctx.budget.keep_for(spec.final_examples(searched_task, config) - already)
+    ctx.budget.keep_for(budgeted_examples(spec, config, model, baseline, searched_task, seed))
     if ctx.resume:
         spec.check_resume(ctx, config)  # (a bad checkpoint fails before the run is marked running)
     log.info("run folder: %s", run.path)
@@ -161,7 +158,7 @@ def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: floa
     kept, if it is: the found prompt's gain on dev is not above zero with the asked confidence."""
     dev, metric = ctx.task.examples("dev"), ctx.task.metric
     found_dev = found.dev or evaluate(ctx.model, found.prompt, dev, metric=metric)
-    base_dev = evaluate(ctx.model, baseline_prompt, dev, metric=metric)
+    base_dev = evaluate_once(ctx.model, baseline_prompt, dev, metric, Caches())  # (a comparison: once a sample)
     known = {"dev": (found_dev, base_dev)}
     if not isinstance(found.prompt, Ensemble) and \
             render_template(ctx.model, found.prompt) == render_template(ctx.model, baseline_prompt) and \
@@ -282,25 +279,26 @@ def optimize_seeds(task: Task, model: LanguageModel, seeds: list[int], *,
 def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Prompt, task: Task, run: Run, *,
                        seed: int, known: dict[str, tuple[Evaluation, Evaluation]] | None = None,
                        progress: bool = False):
-    """The found prompt and the baseline scored on dev, test and a seeded sample of train, once
-    each (``known``: a split's (found, baseline) evaluations already made); their predictions go to
+    """The found prompt and the baseline scored on dev, test and a seeded sample of train (not within a
+    comparison: shared_scoring.py), once each (``known``: a split's (found, baseline) evaluations already made); their predictions go to
     predictions.json for the report. Returns the dev/test metrics of both and the train sample's.
     Test is only ever reported, never used to choose."""
     known, caches = known or {}, Caches()
-    bar = tqdm(total=2 * final_split_examples(task) - sum(2 * len(e[0].predictions) for e in known.values()),
+    splits = scored_splits()
+    bar = tqdm(total=sum(2 * len(split_sample(task, split, seed)[0]) for split in splits if split not in known),
                desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
               "prompt_text": _prompt_text(model, prompt), "baseline_text": render_template(model, baseline_prompt),
               "splits": {}}
     metrics, baseline, train = {}, {}, None
-    for split in ("train", "dev", "test"):
-        examples, indices = _split_sample(task, split, seed)
+    for split in splits:
+        examples, indices = split_sample(task, split, seed)
         if not examples:
             continue
         bar.set_postfix(split=split)
         found, base = known.get(split) or (
-            _evaluate_once(model, prompt, examples, task.metric, caches),
-            _evaluate_once(model, baseline_prompt, examples, task.metric, caches))
+            evaluate_once(model, prompt, examples, task.metric, caches),
+            evaluate_once(model, baseline_prompt, examples, task.metric, caches))
         bar.update(0 if split in known else 2 * len(examples))
         record["splits"][split] = split_record(examples, found, base, of=len(task.splits[split]), indices=indices)
         if split == "train":
@@ -317,58 +315,9 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
     return metrics, baseline, train
 
 
-_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("autoprompt_shared_evaluations", default=None)
-
-
-@contextmanager
-def shared_evaluations():
-    """Within it, optimize() scores a prompt without learned tensors on the same examples once: runs that
-    share a test split (a comparison's cells) score the task's own prompt on it once, not once a run."""
-    token = _SHARED.set({})
-    try:
-        yield
-    finally:
-        _SHARED.reset(token)
-
-
-def _evaluate_once(model: LanguageModel, prompt: Prompt | Ensemble, examples, metric, caches: Caches) -> Evaluation:
-    shared = _SHARED.get()
-    if shared is None or isinstance(prompt, Ensemble) or prompt.adapter is not None:
-        return evaluate(model, prompt, examples, metric=metric, caches=caches)
-    key = _shared_key(model, prompt, examples, metric)
-    if key not in shared:
-        shared[key] = evaluate(model, prompt, examples, metric=metric, caches=caches)
-    return shared[key]
-
-
-def _shared_key(model: LanguageModel, prompt: Prompt, examples, metric) -> tuple:
-    return (id(model), repr(prompt), metric if isinstance(metric, str) else id(metric),
-            tuple((e.source, e.answer, e.answers, tuple(sorted(e.fields.items()))) for e in examples))
-
-
-def _shared_examples(model: LanguageModel, baseline: Prompt, task: Task, seed: int) -> int:
-    """Examples of the final scoring whose baseline evaluation an earlier run within shared_evaluations()
-    already made: the time budget keeps nothing back for them."""
-    shared = _SHARED.get()
-    if not shared:
-        return 0
-    samples = (_split_sample(task, split, seed)[0] for split in ("train", "dev", "test"))
-    return sum(len(examples) for examples in samples
-               if examples and _shared_key(model, baseline, examples, task.metric) in shared)
-
-
 def _prompt_text(model: LanguageModel, prompt: Prompt | Ensemble) -> str:
     """The template the model reads; an ensemble's members' in turn, best first."""
     if not isinstance(prompt, Ensemble):
         return render_template(model, prompt)
     return "\n\n".join(f"--- member {n + 1} of {len(prompt.members)} ---\n{render_template(model, m)}"
                        for n, m in enumerate(prompt.members))
-
-
-def _split_sample(task: Task, split: str, seed: int):
-    """A split's examples, train as a seeded sample of TRAIN_SAMPLE (with their indices)."""
-    examples = task.splits.get(split) or []
-    if split == "train" and len(examples) > TRAIN_SAMPLE:
-        indices = sorted(random.Random(seed).sample(range(len(examples)), TRAIN_SAMPLE))
-        return [examples[i] for i in indices], indices
-    return examples, None

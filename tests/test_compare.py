@@ -150,7 +150,8 @@ def test_a_comparison_writes_every_cell_and_its_report(two_by_two) -> None:
     saved = json.loads((folder / "comparison.json").read_text())
     assert saved["state"] == "finished" and saved["cells"] == cells
     assert saved["config"]["sizes"] == [2, 3] and saved["config"]["seeds"] == [0, 1]
-    assert saved["config"]["time_budget"] == 600 / 4  # the total over the 4 template runs
+    assert saved["config"]["time_budget"] is None and saved["config"]["total_budget"] == 600  # shared as it goes
+    assert [c["time_budget"] is None for c in cells] == [m == "manual" for m in (c["method"] for c in cells)]
     for cell in cells:
         run = folder / cell["run"]
         assert (run / "result.json").exists() and run.parent == folder / "runs"
@@ -326,19 +327,19 @@ def test_bad_input_is_one_error_line_and_nothing_written(tiny_causal_dir: Path, 
 def test_the_tasks_own_prompt_is_scored_on_test_once_for_all_cells(causal_lm, tmp_path: Path, monkeypatch) -> None:
     """Every cell's run scores the task's own prompt on the same test split: within a comparison it is
     scored once (and a run outside one still scores it itself), with the same numbers."""
-    from autoprompt import optimizer
+    from autoprompt import shared_scoring
 
     task = toy_task(n_test=7)
     test_key = [key(e) for e in task.splits["test"]]
     scored: list[str] = []
-    real = optimizer.evaluate
+    real = shared_scoring.evaluate
 
     def counted(model, prompt, examples, **kwargs):
         if [key(e) for e in examples] == test_key:
             scored.append(repr(prompt))
         return real(model, prompt, examples, **kwargs)
 
-    monkeypatch.setattr(optimizer, "evaluate", counted)
+    monkeypatch.setattr(shared_scoring, "evaluate", counted)
     result = compare_methods(task, causal_lm, methods="manual", shots=[2, 3], seeds="0,1", runs_dir=tmp_path,
                              progress=False)
     assert len(result.cells) == 4 and len(scored) == len(set(scored)) == 1  # 4 runs x 2 prompts: one scoring
@@ -348,10 +349,10 @@ def test_the_tasks_own_prompt_is_scored_on_test_once_for_all_cells(causal_lm, tm
     assert len(scored) == 2  # outside a comparison: the found prompt and the baseline, each scored
 
 
-def test_the_time_budget_keeps_nothing_back_for_a_baseline_already_scored(causal_lm, tmp_path: Path,
-                                                                           monkeypatch) -> None:
-    """A cell's budget keeps time back for the scoring after its search; the task's own prompt on test, scored
-    once for all cells, is not part of it after the first cell (else a short budget went on nothing)."""
+def test_a_cells_budget_is_for_its_search_and_its_choice_on_dev(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    """Within a comparison a run's budget keeps time back only for choosing on dev (less the task's prompt on dev
+    when an earlier cell of the same sample scored it): test is the comparison's cost, and no train sample is
+    scored. A run outside a comparison keeps time for all of its final scoring, the train sample included."""
     from autoprompt.budget import Budget
     from autoprompt.searches.base import final_split_examples
 
@@ -359,10 +360,15 @@ def test_the_time_budget_keeps_nothing_back_for_a_baseline_already_scored(causal
     real = Budget.keep_for
     monkeypatch.setattr(Budget, "keep_for", lambda self, n: kept.append(n) or real(self, n))
     task = toy_task(n_test=7)
-    compare_methods(task, causal_lm, methods="manual", shots=[2], seeds="0,1", runs_dir=tmp_path, progress=False)
-    sub = sample_task(task, 2, 1)
-    assert kept[0] == 2 * final_split_examples(sample_task(task, 2, 0))  # the first cell: both prompts, all splits
-    assert kept[1] == 2 * final_split_examples(sub) - len(task.splits["test"])  # then test's baseline is known
+    result = compare_methods(task, causal_lm, methods="manual,lora", shots=[2], seeds="0", runs_dir=tmp_path,
+                             settings={"lora": {"max_steps": 1, "lora_r": 2}}, progress=False)
+    dev = len(sample_task(task, 2, 0).splits["dev"])
+    assert kept == [2 * dev, 2 * dev - dev]  # manual: both prompts on dev; lora: the task's prompt is known
+    for cell in result.cells:
+        splits = json.loads((result.folder / cell["run"] / "predictions.json").read_text())["splits"]
+        assert set(splits) == {"dev", "test"}, cell["method"]
     kept.clear()
-    autoprompt.optimize(task, causal_lm, method="manual", time_budget=60, runs_dir=tmp_path / "alone", progress=False)
+    alone = autoprompt.optimize(task, causal_lm, method="manual", time_budget=60, runs_dir=tmp_path / "alone",
+                                progress=False)
     assert kept == [2 * final_split_examples(task)]
+    assert set(json.loads((alone.run_dir / "predictions.json").read_text())["splits"]) == {"train", "dev", "test"}

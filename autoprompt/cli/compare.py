@@ -21,9 +21,9 @@ from autoprompt.cli.options import TASK_FLAGS, Duration, model_options, resolve_
               "per seed [default: 0,1,2].")
 @click.option("--model", default=None, help="Model alias, folder, .gguf file or hub id [default: smollm2-135m].")
 @click.option("--time-budget", type=Duration(), default=None, help="Seconds (90, 10m, 1h) for each run that searches "
-              "or trains [default: --total-budget split evenly over those runs].")
-@click.option("--total-budget", type=Duration(), default=None, help="Seconds for all the runs that search or train "
-              "together, split evenly over them (manual runs only score) [default: 2h].")
+              "or trains [default: shares of --total-budget].")
+@click.option("--total-budget", type=Duration(), default=None, help="Wall time of the whole comparison, shared as it "
+              "goes: the time left goes to the runs left, a larger train size getting more [default: 2h].")
 @click.option("--confidence", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
               help="A run keeps the task's own prompt unless the found prompt's dev gain is above zero with this "
               "confidence (0: unless it is worse on dev) [default: 0: each method's own result].")
