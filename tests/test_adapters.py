@@ -307,3 +307,22 @@ def test_lora_that_never_beats_the_untouched_model_ships_the_prompt_alone(causal
     assert not list(result.run_dir.glob("*.safetensors")) or all(
         p.name.startswith("checkpoint") for p in result.run_dir.glob("*.safetensors"))
     assert result.metrics["test"] == result.baseline["test"]
+
+
+def test_a_run_stopped_early_and_interrupted_in_its_final_scoring_resumes_without_another_step(
+        causal_lm, tmp_path: Path, monkeypatch) -> None:
+    """Early stopping ended training; Ctrl-C came while the result was being scored: the resumed run scores it
+    and trains no step more than the run that was never stopped."""
+    from autoprompt import optimizer
+
+    settings = {"lora_lr": 0.0, "eval_every": 1, "early_stop": 2, "max_steps": 10, "lora_dropout": 0.0}
+    straight = _lora(causal_lm, tmp_path / "straight", **settings)
+    steps = [e["step"] for e in straight.history if "loss" in e]
+    assert steps == [1, 2]  # two dev checks without a gain
+    monkeypatch.setattr(optimizer, "_finish", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _lora(causal_lm, tmp_path / "stopped", **settings)
+    monkeypatch.undo()
+    run = next((tmp_path / "stopped").iterdir())
+    resumed = optimize(label_task(), causal_lm, resume=run, progress=False)
+    assert [e["step"] for e in resumed.history if "loss" in e] == steps

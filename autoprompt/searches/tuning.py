@@ -105,6 +105,9 @@ class _Tuner:
         if state.step == 0 and state.best_step < 0:  # the baseline: the initial tensors on dev
             self._record({"step": 0, "dev": self._check_dev()}, started)
         while state.step < self.total:
+            if self.cfg.early_stop and state.checks_without_gain >= self.cfg.early_stop:  # (also when resumed after it)
+                log.info("no dev gain in %d checks: stopping at step %d", self.cfg.early_stop, state.step)
+                break
             if budget.spent():
                 log.info("time budget: stopping after %d steps (%s)", state.step, budget.describe())
                 break
@@ -116,9 +119,6 @@ class _Tuner:
             self._record(event, started, checkpoint="dev" in event)
             bar.update(1)
             bar.set_postfix(loss=f"{event['loss']:.3f}", best_dev=f"{state.best_dev:.3f}")
-            if self.cfg.early_stop and state.checks_without_gain >= self.cfg.early_stop:
-                log.info("no dev gain in %d checks: stopping at step %d", self.cfg.early_stop, state.step)
-                break
         bar.close()
         write_state(self.ctx.run, state, self._checkpoint_tensors())
 
