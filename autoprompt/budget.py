@@ -61,10 +61,6 @@ class Budget:
             limit = min(limit, self.until)
         return self.elapsed() >= limit
 
-    def over(self) -> bool:
-        """Whether all of the budget is spent (the reserve included)."""
-        return self.seconds is not None and self.elapsed() >= self.seconds
-
     def stage(self, share: float) -> Budget:
         """This budget, ending after ``share`` of the time it has left for searching (the hybrid's first stage)."""
         if self.seconds is None:

@@ -125,21 +125,20 @@ def test_the_template_search_stops_on_its_budget(causal_lm, tmp_path: Path, monk
     assert len(rescored) == 2 and set(kept) == {final} and sum(counted) + 2 * 20 == final  # (re-scoring: its own module)
 
 
-def test_re_scoring_the_best_trials_stops_when_the_whole_budget_is_spent(causal_lm, tmp_path: Path,
-                                                                        monkeypatch) -> None:
-    """The search stops taking trials early enough to re-score its best on all of dev; when a run is past its
-    whole budget all the same (a trial with long demonstrations, scored on all of dev, took longer than the
-    trials measured), it re-scores no more than the best one."""
+def test_re_scoring_skips_trials_that_would_end_past_the_budget(causal_lm, tmp_path: Path, monkeypatch) -> None:
+    """The search stops taking trials early enough to re-score its best on all of dev; when re-scoring a trial
+    would all the same end past the run's budget at the pace of its own trial (one with many demonstrations),
+    it is not re-scored. The best trial always is."""
     task = words_task()
     space = tmp_path / "space.yaml"
     space.write_text("instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=9, pruner="none", trial_dev=10, chunk=5, rescore_top=3)
     runs, spent = {}, iter([])
     monkeypatch.setattr(Budget, "spent", lambda self: next(spent))
-    for over in (False, True):
+    for late in (False, True):
         spent = iter([False, False, False, True])
-        monkeypatch.setattr(Budget, "over", lambda self, over=over: over)
-        runs[over] = optimize(task, causal_lm, time_budget=60.0, runs_dir=tmp_path / str(over), method="template",
+        monkeypatch.setattr(Budget, "elapsed", lambda self, late=late: 59.999 if late else 0.0)
+        runs[late] = optimize(task, causal_lm, time_budget=60.0, runs_dir=tmp_path / str(late), method="template",
                               config=cfg, progress=False).history
-    rescored = {over: [e["trial"] for e in history if e.get("stage") == "rescore"] for over, history in runs.items()}
+    rescored = {late: [e["trial"] for e in history if e.get("stage") == "rescore"] for late, history in runs.items()}
     assert len(rescored[False]) == 3 and rescored[True] == rescored[False][:1]

@@ -253,14 +253,14 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     done.sort(key=lambda t: (-t.value, t.number))
     dev = ctx.task.examples("dev")
     full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)  # trials already saw all of dev: the best wins
+    trial_dev = dev[: cfg.trial_dev or None]
     top = done[: max(1 if full_dev else max(1, cfg.rescore_top), cfg.ensemble_max)]
     rescored = []
     bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not ctx.progress)
     for t in top:
-        if rescored and ctx.budget.over():  # (a run's time is bounded: a trial can take long on all of dev)
-            log.info("time budget: %d of the best %d trials re-scored (%s)", len(rescored), len(top),
-                     ctx.budget.describe())
-            break
+        if rescored and not _rescoring_fits(ctx.budget, t, len(trial_dev), len(dev)):
+            log.info("time budget: trial %d is not re-scored (%s)", t.number, ctx.budget.describe())
+            continue
         choice = Choice.from_params(t.params, space)
         prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
         bar.update(len(dev))
@@ -307,6 +307,15 @@ def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, 
 # --- the method ------------------------------------------------------------------------------
 
 WINNER_FILE = "template_winner.json"  # the study's winner, once chosen (a resumed hybrid starts from it)
+
+
+def _rescoring_fits(budget, trial, n_trial_dev: int, n_dev: int) -> bool:
+    """Whether re-scoring ``trial`` on all of dev ends within the run's budget, at the pace of its own trial (a
+    trial with 8 demonstrations can take 100 s on 200 dev sentences, and 250 s more on 500)."""
+    if budget.seconds is None or trial.datetime_start is None or trial.datetime_complete is None:
+        return True
+    took = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return budget.elapsed() + took * n_dev / max(1, n_trial_dev) <= budget.seconds
 
 
 def template_stage(ctx: Context, cfg: TemplateSearchConfig, budget=None) -> TemplateResult:
