@@ -284,15 +284,14 @@ def _final_evaluations(model: LanguageModel, prompt: Prompt, baseline_prompt: Pr
     predictions.json for the report. Returns the dev/test metrics of both and the train sample's.
     Test is only ever reported, never used to choose."""
     known, caches = known or {}, Caches()
-    splits = scored_splits()
-    bar = tqdm(total=sum(2 * len(split_sample(task, split, seed)[0]) for split in splits if split not in known),
+    samples = {split: split_sample(task, split, seed) for split in scored_splits()}  # (examples, indices)
+    bar = tqdm(total=sum(2 * len(samples[split][0]) for split in samples if split not in known),
                desc="scoring the found prompt and the baseline", unit="ex", disable=not progress)
     record = {"format": PREDICTIONS_FORMAT, "metric": task.metric, "labels": prompt.labels or None,
               "prompt_text": _prompt_text(model, prompt), "baseline_text": render_template(model, baseline_prompt),
               "splits": {}}
     metrics, baseline, train = {}, {}, None
-    for split in splits:
-        examples, indices = split_sample(task, split, seed)
+    for split, (examples, indices) in samples.items():
         if not examples:
             continue
         bar.set_postfix(split=split)

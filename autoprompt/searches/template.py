@@ -253,12 +253,12 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     done.sort(key=lambda t: (-t.value, t.number))
     dev = ctx.task.examples("dev")
     full_dev = not cfg.trial_dev or cfg.trial_dev >= len(dev)  # trials already saw all of dev: the best wins
-    trial_dev = dev[: cfg.trial_dev or None]
+    n_trial_dev = min(cfg.trial_dev or len(dev), len(dev))  # (the dev examples each trial was scored on)
     top = done[: max(1 if full_dev else max(1, cfg.rescore_top), cfg.ensemble_max)]
     rescored = []
     bar = tqdm(total=len(top) * len(dev), desc="re-scoring the best trials on dev", unit="ex", disable=not ctx.progress)
     for t in top:
-        if rescored and not _rescoring_fits(ctx.budget, t, len(trial_dev), len(dev)):
+        if rescored and not _rescoring_fits(ctx.budget, t, n_trial_dev, len(dev)):
             log.info("time budget: trial %d is not re-scored (%s)", t.number, ctx.budget.describe())
             continue
         choice = Choice.from_params(t.params, space)
