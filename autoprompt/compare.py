@@ -318,7 +318,8 @@ def run_cell(folder: Path, config: dict[str, Any], sub: Task, model: LanguageMod
     """One optimize() run on the sampled task with ``budget`` seconds, and what the comparison keeps of it."""
     started = time.perf_counter()
     result = optimize(sub, model, method=method, seed=seed, time_budget=budget, confidence=config["confidence"],
-                      runs_dir=folder / "runs", progress=progress, **config["settings"].get(method, {}))
+                      holdout=0, runs_dir=folder / "runs", progress=progress,  # (every cell is judged on test)
+                      **config["settings"].get(method, {}))
     seconds = time.perf_counter() - started
     return {**_cell(Run(result.run_dir), folder, config["metric"], method, size, seed, seconds, sub),
             "time_budget": budget}

@@ -43,6 +43,7 @@ from autoprompt.selection import DEFAULT_CONFIDENCE, judge
 from autoprompt.shared_scoring import budgeted_examples, evaluate_once, scored_splits, split_sample
 from autoprompt.storage import use_storage_again
 from autoprompt.task import Task, load_task
+from autoprompt.untouched import DEFAULT_HOLDOUT, hold_out
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,17 @@ class SearchResult:
 
 def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAULT_MODEL, *, method: str | None = None,
              config: Any = None, seed: int = 0, time_budget: float | None = None,
-             confidence: float = DEFAULT_CONFIDENCE, runs_dir: str | os.PathLike | None = DEFAULT_RUNS_DIR,
-             resume: str | os.PathLike | None = None, search_labels: bool = False, progress: bool = True,
-             **settings: Any) -> SearchResult:
+             confidence: float = DEFAULT_CONFIDENCE, holdout: float = DEFAULT_HOLDOUT,
+             runs_dir: str | os.PathLike | None = DEFAULT_RUNS_DIR, resume: str | os.PathLike | None = None,
+             search_labels: bool = False, progress: bool = True, **settings: Any) -> SearchResult:
     """Search a better prompt for ``task`` (a Task, a task file or a built-in name) on ``model`` (a loaded
     model, or an alias, folder, .gguf file or hub id) with ``method`` (autoprompt.searches.METHODS; default: the
     one ``config`` is for, else template), set by ``config`` (the method's config dataclass) or by its fields
     as keywords (``trials=20, space="sentiment"``).
     The run goes to a new folder in ``runs_dir`` (None: a temporary one, removed after; ``result.save(path)``
     writes the prompt file), or continues ``resume`` with its saved settings. The found prompt replaces the
-    task's own only when its dev gain is above zero with ``confidence`` (0: any gain). ``search_labels``:
+    task's own only when its dev gain is above zero with ``confidence`` (0: any gain). ``holdout``: the share
+    of dev the search never sees, scored after it as the split "untouched" (autoprompt.untouched). ``search_labels``:
     first propose label words and search with the best one per label (trigger search). On Ctrl-C (or SIGTERM
     through the CLI) the run is marked interrupted and its best prompt so far saved; ``resume`` goes on."""
     task = task if isinstance(task, Task) else load_task(task)
@@ -93,16 +95,20 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
     if runs_dir is None and resume is None:
         with tempfile.TemporaryDirectory(prefix="autoprompt-run-") as scratch:
             result = optimize(task, model, method=method, config=config, seed=seed, time_budget=time_budget,
-                              confidence=confidence, runs_dir=scratch, search_labels=search_labels,
+                              confidence=confidence, holdout=holdout, runs_dir=scratch, search_labels=search_labels,
                               progress=progress, **settings)
         return dataclasses.replace(result, run_dir=None, prompt_file=None, report=None, history=[])
     started = time.perf_counter()
     if resume is not None:
         run, method, config, seed, time_budget, confidence, searched_task = _reopen(resume, task, model, config)
+        holdout = run.config().get("holdout", 0.0)  # (runs made before the untouched slice searched all of dev)
     else:
+        if not 0 <= holdout < 1:
+            raise AutoPromptError(f"holdout {holdout}: the share of dev kept from the search is in [0, 1)")
         config = _config(method, config, settings)
-        run, searched_task = _new_run(task, model, method, config, seed, time_budget, confidence, search_labels,
-                                      runs_dir)
+        run, searched_task = _new_run(task, model, method, config, seed, (time_budget, confidence, holdout),
+                                      search_labels, runs_dir)
+    searched_task = hold_out(searched_task, holdout)
     spec = METHODS[method]
     ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None)
     baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
@@ -180,9 +186,11 @@ def _known_method(method: str) -> str:
     return method
 
 
-def _new_run(task: Task, model: LanguageModel, method: str, config: Any, seed: int, time_budget: float | None,
-             confidence: float, search_labels: bool, runs_dir) -> tuple[Run, Task]:
-    """A new run folder, once the settings are known to work (a bad template or space fails before it)."""
+def _new_run(task: Task, model: LanguageModel, method: str, config: Any, seed: int,
+             run_settings: tuple[float | None, float, float], search_labels: bool, runs_dir) -> tuple[Run, Task]:
+    """A new run folder, once the settings are known to work (a bad template or space fails before it).
+    ``run_settings``: the time budget, the confidence and the holdout."""
+    time_budget, confidence, holdout = run_settings
     spec = METHODS[_known_method(method)]
     if search_labels and not spec.label_search:
         raise AutoPromptError(f"--method {method} does not use --search-labels (a setting of --method "
@@ -201,7 +209,7 @@ def _new_run(task: Task, model: LanguageModel, method: str, config: Any, seed: i
         "method": method, "task": task.name, "task_source": task.source, "model": model.name,
         "model_source": model.source, "command": invoked_command(), "device": str(model.device),
         "dtype": str(model.dtype).replace("torch.", ""), "template": task.template, "seed": seed,
-        "time_budget": time_budget, "confidence": confidence,
+        "time_budget": time_budget, "confidence": confidence, "holdout": holdout,
         "sections": list(sections), **sections, "verbalizer": task.verbalizer, "search_labels": search_labels}),
         runs_dir=runs_dir)
     if label_words is not None:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from autoprompt.searches import Method
     from autoprompt.task import Task
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "untouched", "test")  # untouched: the slice of dev the search never saw
 
 
 @dataclass

@@ -203,7 +203,7 @@ def test_soft_prompt_run_and_its_prompt_file(causal_lm, tmp_path: Path) -> None:
 def test_a_generation_task_end_to_end(causal_lm, tmp_path: Path, method: str, settings: dict) -> None:
     result = optimize(code_task(), causal_lm, method=method, runs_dir=tmp_path, progress=False, confidence=0,
                       epochs=2, batch_size=3, **settings)
-    assert set(result.metrics) == {"dev", "test"} and "exact_match" in result.metrics["dev"]
+    assert set(result.metrics) == {"dev", "untouched", "test"} and "exact_match" in result.metrics["dev"]
     first = [e for e in result.history if "loss" in e][0]["loss"]
     assert first > 0  # -log p(the whole code, then its end)
     loaded = autoprompt.load_prompt(result.prompt_file, model=causal_lm)

@@ -251,7 +251,7 @@ def test_optimize_trigger_json_and_resume(tiny_causal_dir: Path, tmp_path: Path)
     run = Path(report["run"])
     assert Path(report["prompt_file"]) == run / "best.prompt.json" and Path(report["prompt_file"]).exists()
     assert len(report["triggers"]) == 2 and report["template"].count("[T]") == 2
-    assert set(report["metrics"]) == {"dev", "test"} and set(report["baseline"]) == {"dev", "test"}
+    assert set(report["metrics"]) == {"dev", "untouched", "test"} == set(report["baseline"])
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 0 and config["trigger"]["steps"] == 2 and config["model"] == str(tiny_causal_dir)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]

@@ -371,4 +371,4 @@ def test_a_cells_budget_is_for_its_search_and_its_choice_on_dev(causal_lm, tmp_p
     alone = autoprompt.optimize(task, causal_lm, method="manual", time_budget=60, runs_dir=tmp_path / "alone",
                                 progress=False)
     assert kept == [2 * final_split_examples(task)]
-    assert set(json.loads((alone.run_dir / "predictions.json").read_text())["splits"]) == {"train", "dev", "test"}
+    assert set(json.loads((alone.run_dir / "predictions.json").read_text())["splits"]) == {"train", "dev", "untouched", "test"}

@@ -84,7 +84,7 @@ def test_own_csv_end_to_end_from_an_empty_folder(tmp_path: Path, tiny_causal_dir
                                        str(tiny_causal_dir), "--trials", "3", "--trial-dev", "20", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["task"] == "reviews" and set(report["metrics"]) == {"dev", "test"}
+    assert report["task"] == "reviews" and set(report["metrics"]) == {"dev", "untouched", "test"}
     predictor = load_prompt(report["prompt_file"])
     assert predictor.predict("a gripping , beautifully acted film") in ("negative", "positive")
     config = json.loads((Path(report["run"]) / "config.json").read_text())

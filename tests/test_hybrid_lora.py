@@ -160,12 +160,13 @@ def test_a_stage_that_is_done_frees_the_time_kept_for_its_scoring(causal_lm, tmp
     best trials (and the trigger stage scored its prompt on dev) the later stages may spend that time."""
     from autoprompt.searches.base import final_split_examples
     from autoprompt.searches.template import rescored_examples
+    from autoprompt.untouched import DEFAULT_HOLDOUT, hold_out
 
     kept, real_keep = [], Budget.keep_for
     monkeypatch.setattr(Budget, "keep_for", lambda self, n: kept.append(n) or real_keep(self, n))
     config = hybrid(tmp_path, epochs=1)
     run_hybrid(causal_lm, tmp_path / "on", config, time_budget=3600)
-    task = label_task()
+    task = hold_out(label_task(), DEFAULT_HOLDOUT)  # as the searches see it: dev less its untouched slice
     dev = len(task.examples("dev"))
     rescored = rescored_examples(task, config.template_search)
     assert rescored >= dev and kept[0] > kept[1] > kept[2] >= 2 * final_split_examples(task) - dev

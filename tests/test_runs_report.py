@@ -70,8 +70,8 @@ def test_report_says_what_the_log_says(runs: dict, method: str) -> None:
         assert result["trials"] == {s: states.count(s) for s in ("complete", "duplicate", "pruned", "failed")}
     # predictions.json gives back the metrics result.json has, for both prompts
     rows = {r.split: r for r in split_results(Run(run))}
-    assert set(rows) == {"train", "dev", "test"}
-    for split in ("dev", "test"):
+    assert set(rows) == {"train", "dev", "untouched", "test"}
+    for split in ("dev", "untouched", "test"):
         assert rows[split].value == pytest.approx(result["metrics"][split]["accuracy"], abs=1e-12)
         assert rows[split].baseline == pytest.approx(result["baseline"][split]["accuracy"], abs=1e-12)
         assert rows[split].interval[0] <= rows[split].value <= rows[split].interval[1]

@@ -89,7 +89,7 @@ def test_bf16_trials_and_the_winner_in_the_model_dtype(causal_lm, tmp_path, monk
     monkeypatch.setattr(trials_module, "evaluate", lambda m, *a, **k: seen["trial"].add(m.dtype) or real(m, *a, **k))
     monkeypatch.setattr(tsm, "evaluate", lambda m, *a, **k: seen["rescore"].add(m.dtype) or real(m, *a, **k))
     task = word_task()
-    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0, holdout=0,
                       config=config(tmp_path, trial_dtype="bf16", trial_dev=20, rescore_top=2), progress=False)
     assert seen == {"trial": {torch.bfloat16}, "rescore": {torch.float32}}
     assert causal_lm.dtype == torch.float32
@@ -110,7 +110,7 @@ def test_same_seed_same_study(causal_lm, tmp_path):
 def test_pruned_trials_stop_early(causal_lm, tmp_path, monkeypatch):
     """With the median pruner, a trial worse than the median after its first chunk stops there."""
     task = word_task(n_dev=40)
-    result = optimize(task, causal_lm, seed=1, runs_dir=tmp_path / "runs", method="template",
+    result = optimize(task, causal_lm, seed=1, runs_dir=tmp_path / "runs", method="template", holdout=0,
                       config=config(tmp_path, pruner="median", trials=16), progress=False)
     events = [e for e in result.history if e.get("stage") == "template"]
     pruned = [e for e in events if e["state"] == "pruned"]
@@ -157,7 +157,7 @@ def test_interrupted_trial_is_rerun_on_resume(causal_lm, tmp_path, monkeypatch):
 def test_hybrid_searches_triggers_inside_the_template_winner(causal_lm, tmp_path):
     task = word_task()
     trigger = TriggerSearchConfig(steps=2, dev_every=1, grad_batch=8, eval_batch=8, confirm_batch=0, top_k=8)
-    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid",
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid", holdout=0,
                       config=HybridConfig(config(tmp_path, trials=4), trigger), progress=False)
     stages = [e.get("stage") for e in result.history]
     assert stages.count("template") == 4 and "trigger" in stages and "choice" in stages

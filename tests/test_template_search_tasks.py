@@ -72,7 +72,7 @@ def test_the_pruner_sees_the_metric_being_optimized(causal_lm, tmp_path: Path) -
     space.write_text("instruction: ['', 'Is it positive or negative?']\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=2, pruner="median", trial_dev=0, chunk=10, rescore_top=1)
     result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
-                      config=cfg, progress=False)
+                      config=cfg, holdout=0, progress=False)
     study = optuna.load_study(study_name=result.run_dir.name, storage=f"sqlite:///{result.run_dir / 'study.db'}")
     manual = study.trials[0]
     order = list(range(len(examples)))

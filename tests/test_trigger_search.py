@@ -188,7 +188,7 @@ def test_resume_equals_uninterrupted(causal_lm, tmp_path: Path):
     assert steps == [0, 1, 2, 3, 4]
     saved = autoprompt.read_prompt_file(resumed.prompt_file)
     assert saved.prompt.trigger_ids == full.prompt.trigger_ids
-    assert set(saved.metrics) == {"dev", "test"}
+    assert set(saved.metrics) == {"dev", "untouched", "test"}
 
 
 def test_with_trigger_slots():
@@ -226,8 +226,8 @@ def test_free_form_targets(causal_lm, tmp_path: Path):
     examples = [Example({"subject": s}, o, f"facts:{i}") for i, (s, o) in enumerate(facts)]
     task = Task(name="facts", template="{subject} is in[P]", metric="precision@1",
                 splits={"train": examples, "dev": examples, "test": examples})
-    result = optimize(task, causal_lm, config=planted_config(steps=2, n_triggers=2, top_k=5), confidence=0, runs_dir=tmp_path,
-                      progress=False)
+    result = optimize(task, causal_lm, config=planted_config(steps=2, n_triggers=2, top_k=5), confidence=0, holdout=0,
+                      runs_dir=tmp_path, progress=False)
     assert result.prompt.template == "{subject} [T] [T] is in[P]"
     test = task.examples("test")
     # both prompts' numbers are those of a plain forward pass, one example at a time

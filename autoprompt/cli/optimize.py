@@ -72,7 +72,8 @@ def optimize(task: str, method: str, model: str | None, resume: str | None, runs
         spec.check_settings(the_task, config)  # a bad space fails before the model loads
     lm = load_model(model or DEFAULT_MODEL, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     options = {"method": method, "config": config, "runs_dir": runs_dir, "search_labels": search_labels,
-               "time_budget": run_settings.time_budget, "confidence": run_settings.confidence, "progress": True}
+               "time_budget": run_settings.time_budget, "confidence": run_settings.confidence,
+               "holdout": run_settings.holdout, "progress": True}
     if seed_list is not None:
         results, summary_path = optimize_seeds(the_task, lm, seed_list, **options)
         _print_seeds(results, summary_path, the_task, method, lm.name, as_json)
@@ -138,7 +139,7 @@ def _print_result(result, task, method: str, model: str, as_json: bool) -> None:
         click.echo(f"  train {metric}: {result.train['metrics'][metric]:.4f}  (manual template: "
                    f"{result.train['baseline'][metric]:.4f}; {result.train['examples']} examples)")
     for split in result.metrics:
-        click.echo(f"  {split:>5} {metric}: {result.metrics[split][metric]:.4f}  "
+        click.echo(f"  {split:>9} {metric}: {result.metrics[split][metric]:.4f}  "
                    f"(manual template: {result.baseline[split][metric]:.4f})")
     click.echo(f"run folder: {result.run_dir}")
     click.echo(f"prompt file: {result.prompt_file}")
@@ -181,10 +182,11 @@ def _print_seeds(results, summary_path: Path, task, method: str, model: str, as_
 
     metric = task.metric
     for row, result in zip(summary["runs"], results, strict=True):
-        click.echo(f"seed {row['seed']}: dev {metric} {format_value(row['dev'])}, test {format_value(row['test'])}"
-                   f"  ({result.run_dir})")
-    for split in ("dev", "test"):
+        untouched = f", untouched dev {format_value(row['untouched'])}" if row.get("untouched") is not None else ""
+        click.echo(f"seed {row['seed']}: dev {metric} {format_value(row['dev'])}{untouched}, "
+                   f"test {format_value(row['test'])}  ({result.run_dir})")
+    for split in ("dev", "untouched", "test"):
         if split in summary:
-            click.echo(f"  {split:>4} {metric}: {summary[split]['mean']:.4f} ± {summary[split]['std']:.4f} "
+            click.echo(f"  {split:>9} {metric}: {summary[split]['mean']:.4f} ± {summary[split]['std']:.4f} "
                        f"(mean ± std over {summary[split]['n']} seeds)")
     click.echo(f"summary: {summary_path} and {summary_path.with_suffix('.md')}")

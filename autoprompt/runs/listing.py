@@ -57,6 +57,7 @@ def summary(run: Run) -> dict[str, Any]:
     return {"id": run.name, "path": str(run.path), "task": config.get("task"), "method": config.get("method"),
             "model": config.get("model"), "metric": metric,
             "dev": (metrics.get("dev") or {}).get(metric), "test": (metrics.get("test") or {}).get(metric),
+            "untouched": (metrics.get("untouched") or {}).get(metric),
             "baseline_dev": (baseline.get("dev") or {}).get(metric),
             "baseline_test": (baseline.get("test") or {}).get(metric),
             "steps": work.get("steps"), "trials": work.get("trials"),
@@ -111,8 +112,8 @@ def seed_summary(runs: list[Run]) -> dict[str, Any]:
     """Mean and standard deviation (n-1) over runs of the same search with different seeds."""
     rows = [summary(run) for run in runs]
     out: dict[str, Any] = {"task": rows[0]["task"], "method": rows[0]["method"], "metric": rows[0]["metric"],
-                           "runs": [{k: r[k] for k in ("id", "seed", "dev", "test", "seconds")} for r in rows]}
-    for split in ("dev", "test"):
+                           "runs": [{k: r[k] for k in ("id", "seed", "dev", "untouched", "test", "seconds")} for r in rows]}
+    for split in ("dev", "untouched", "test"):
         values = [r[split] for r in rows if r[split] is not None]
         if values:
             out[split] = {"mean": statistics.fmean(values),
@@ -124,11 +125,12 @@ def seed_markdown(result: dict[str, Any]) -> str:
     """seed_summary as Markdown: one row per seed, then mean ± std."""
     metric = result["metric"]
     lines = [f"# {result['task']} · {result['method']} · {len(result['runs'])} seeds", "",
-             f"| seed | run | dev {metric} | test {metric} |", "|---|---|---|---|"]
-    lines += [f"| {r['seed']} | `{r['id']}` | {format_value(r['dev'])} | {format_value(r['test'])} |" for r in result["runs"]]
+             f"| seed | run | dev {metric} | untouched dev {metric} | test {metric} |", "|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | `{r['id']}` | {format_value(r['dev'])} | {format_value(r.get('untouched'))} | "
+              f"{format_value(r['test'])} |" for r in result["runs"]]
     spread = {split: f"{format_value(result[split]['mean'])} ± {format_value(result[split]['std'])}" if split in result else "—"
-              for split in ("dev", "test")}
-    lines.append(f"| mean ± std (n-1) | | {spread['dev']} | {spread['test']} |")
+              for split in ("dev", "untouched", "test")}
+    lines.append(f"| mean ± std (n-1) | | {spread['dev']} | {spread['untouched']} | {spread['test']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 PREDICTIONS_FORMAT = "autoprompt.predictions/v1"
 OVERFIT_GAP = 0.05  # train above test by more than this (and beyond both intervals): a warning
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "untouched", "test")
 
 
 def split_record(examples: list[Example], found: Evaluation, baseline: Evaluation, *, of: int,

@@ -19,6 +19,7 @@ from autoprompt.runs.folder import Run
 from autoprompt.runs.listing import format_interval, format_seconds, format_value, summary
 from autoprompt.runs.plots import confusion_png, history_pngs, metrics_png
 from autoprompt.runs.predictions import SplitResult, overfit_warning, read_predictions, split_results
+from autoprompt.untouched import optimism_note
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,15 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
                   "the values of result.json, without intervals or a confusion matrix.", ""]
     else:
         lines += [f"95% percentile bootstrap intervals ({N_RESAMPLES} resamples of the examples, seed {seed}; the "
-                  "gain's interval pairs the two prompts on the same resamples). Train is a seeded sample. "
-                  "Baseline: the task's manual template. Test was never used to choose.", ""]
+                  "gain's interval pairs the two prompts on the same resamples). Train is a seeded sample; "
+                  "untouched is the slice of dev the search never saw. Baseline: the task's manual template. Test was never used to choose.", ""]
     lines += metrics_table(rows)
-    warning = overfit_warning(rows)
+    warning, optimism = overfit_warning(rows), optimism_note(rows)
     if warning:
         log.warning("%s: %s", run.name, warning)
         lines += ["", f"> **Warning:** {warning}."]
+    if optimism:
+        lines += ["", f"Selection on dev: {optimism}."]
     if metrics_png(rows, metric, run.path / "metrics.png"):
         lines += ["", "![metrics](metrics.png)"]
     lines += ["", *_confusion_section(run, predictions)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autoprompt.budget import Budget
+from autoprompt.untouched import DEFAULT_HOLDOUT
 
 if TYPE_CHECKING:
     from autoprompt.models import LanguageModel
@@ -39,6 +40,8 @@ class RunSettings:
                                     "to leave time for the scoring after it.")
     confidence: float = opt(0.95, "The found prompt replaces the task's own only when its gain on dev is above zero "
                             "with this confidence (paired bootstrap; 0: any gain).", min=0)
+    holdout: float = opt(DEFAULT_HOLDOUT, "Share of dev the search never sees: both prompts are scored on it after the choice, "
+                         "beside dev, so the optimism of choosing on dev shows before test (0: none).", min=0)
 
 
 @dataclass
@@ -141,6 +144,6 @@ def config_sections(config: Any) -> dict[str, dict[str, Any]]:
 
 
 def final_split_examples(task: Task) -> int:
-    """Examples one prompt is scored on at the end of a run: dev, test and the train sample."""
-    sizes = {split: len(task.splits.get(split) or []) for split in ("train", "dev", "test")}
-    return sizes["dev"] + sizes["test"] + min(TRAIN_SAMPLE, sizes["train"])
+    """Examples one prompt is scored on at the end of a run: dev, its untouched slice, test and the train sample."""
+    sizes = {split: len(task.splits.get(split) or []) for split in ("train", "dev", "untouched", "test")}
+    return sizes["dev"] + sizes["untouched"] + sizes["test"] + min(TRAIN_SAMPLE, sizes["train"])
