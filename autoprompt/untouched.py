@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_HOLDOUT = 0.2  # of dev, kept from the search
 SPLIT = "untouched"
-OPTIMISM_GAP = 0.05  # the found prompt's dev above its untouched score by more than the baseline's, beyond this: a note
+OPTIMISM_GAP = 0.05  # without intervals: a dev gain this far above the slice's gain is called optimistic
 
 
 def hold_out(task: Task, fraction: float) -> Task:
@@ -45,15 +45,19 @@ def hold_out(task: Task, fraction: float) -> Task:
 
 
 def optimism_note(rows: list[SplitResult]) -> str | None:
-    """What the untouched slice says about the choice on dev: the found prompt's drop from dev to the slice,
-    against the baseline's (which chose nothing: its difference is the two slices' own)."""
+    """What the untouched slice says about the choice on dev: the found prompt's gain over the baseline on dev
+    and on the slice (with its paired 95% interval when predictions are saved). A dev gain above that interval
+    (without intervals: more than OPTIMISM_GAP above the slice's gain) is called optimistic."""
     by_split = {r.split: r for r in rows}
     dev, untouched = by_split.get("dev"), by_split.get(SPLIT)
     if dev is None or untouched is None or None in (dev.value, dev.baseline, untouched.value, untouched.baseline):
         return None
-    found_drop, base_drop = dev.value - untouched.value, dev.baseline - untouched.baseline
+    dev_gain, slice_gain = dev.value - dev.baseline, untouched.value - untouched.baseline
+    bounds = untouched.gain_interval
+    shown = f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else ""
     text = (f"dev at selection {dev.value:.3f}, untouched dev slice {untouched.value:.3f} ({untouched.examples} "
-            f"examples the search never saw): a drop of {found_drop:+.3f}, against the baseline's {base_drop:+.3f}")
-    if found_drop - base_drop > OPTIMISM_GAP:
-        return text + f"; the choice on dev looks optimistic by {found_drop - base_drop:.3f}: expect less on test"
+            f"examples the search never saw); the found prompt's gain over the baseline: {dev_gain:+.3f} on dev, "
+            f"{slice_gain:+.3f}{shown} on the slice")
+    if (dev_gain > bounds[1]) if bounds else (dev_gain - slice_gain > OPTIMISM_GAP):
+        return text + ": the dev gain is above what the slice supports, the choice on dev looks optimistic"
     return text
