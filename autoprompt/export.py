@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import string
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +180,14 @@ def _few_shot(prompt: Prompt, full: str) -> dict[str, Any] | None:
     with the inputs: example text is escaped twice. The demonstrations' separator goes into the
     example template, on the side where the layout has it. None when the result would differ."""
     shown = prompt.demonstrations[: prompt.demo_k] if prompt.demo_k else prompt.demonstrations
-    block = escape_literal(replace(prompt, demonstrations=shown, demo_k=0).demos_text())
+    block = escape_literal(prompt.showing(shown).demos_text())
     at = full.find(block)
     if not block or at < 0:
         return None
     head, tail = full[:at], full[at + len(block) :]
     answer = "answer" if "answer" not in prompt.fields else "answer_word"
     demo_template = prompt.demo_template()
-    example = format_string(replace(prompt, demo_k=0), template=demo_template, depth=2,
+    example = format_string(prompt.showing(prompt.demonstrations), template=demo_template, depth=2,
                             answer_variable=answer).strip()
     if tail.startswith(DEMO_SEPARATOR):
         example, prefix, suffix = example + DEMO_SEPARATOR, head, tail[len(DEMO_SEPARATOR) :]

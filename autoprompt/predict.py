@@ -82,7 +82,7 @@ class Predictor:
         fields, prompt = example.fields, self.prompt
         if prompt.demo_k:  # the demonstrations this input is shown
             demos = nearest_demonstrations(self.model, prompt, [example], self._members[0][1])[0]
-            prompt = replace(prompt, demonstrations=demos, demo_k=0)
+            prompt = prompt.showing(demos)
         template = render_template(self.model, prompt)
         answer = None if self.model.is_causal else self.model.tokenizer.mask_token
         return fill_template(template, fields, answer=answer, triggers=list(self.prompt.trigger_tokens))

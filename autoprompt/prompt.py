@@ -48,6 +48,9 @@ class Prompt:
     # 0: show every demonstration; k > 0: the demonstrations are a pool and each input is shown
     # the k most similar to it (by the model's own embedding of the fields)
     demo_k: int = 0
+    # with demo_k: each input is shown the nearest of every label in turn, as even a split over the
+    # labels as k allows ("balanced_similar" demonstrations; a classification prompt's only)
+    demo_per_label: bool = False
     chat: bool = False
     # contextual calibration (Zhao et al. 2021): each label's log-prob, normalised over the
     # labels, for a content-free input; subtracted from every input's before the argmax
@@ -66,6 +69,8 @@ class Prompt:
             raise TemplateError("a prompt needs one text per trigger id")
         if not 0 <= self.demo_k <= len(self.demonstrations):
             raise TemplateError(f"demo_k {self.demo_k} needs 0..{len(self.demonstrations)} (the demonstrations pool)")
+        if self.demo_per_label:
+            self._check_per_label()
         if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
             raise TemplateError("calibration needs one value per label")
         problem = verbalizer_overlap(self.verbalizer) if isinstance(self.verbalizer, dict) else None
@@ -75,6 +80,14 @@ class Prompt:
                 self.adapter.settings.get("n_tokens") != self.n_trigger_slots:
             raise TemplateError(f"a soft prompt of {self.adapter.settings.get('n_tokens')} vectors needs as many "
                                 f"[T] slots; the template has {self.n_trigger_slots}")
+
+    def _check_per_label(self) -> None:
+        if not self.demo_k or self.verbalizer is None:
+            raise TemplateError("demonstrations per label need a pool (demo_k > 0) and labels (a verbalizer)")
+        strays = sorted({d.answer for d in self.demonstrations} - set(self.verbalizer))
+        if strays:
+            raise TemplateError(f"demonstrations per label: the pool has answers {strays} that are not labels "
+                                f"({', '.join(self.verbalizer)})")
 
     @classmethod
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:
@@ -97,6 +110,10 @@ class Prompt:
     def with_triggers(self, trigger_ids: list[int], trigger_tokens: list[str]) -> Prompt:
         return replace(self, trigger_ids=tuple(trigger_ids), trigger_tokens=tuple(trigger_tokens))
 
+    def showing(self, demonstrations: tuple[Example, ...]) -> Prompt:
+        """The prompt with these demonstrations shown to every input (no pool to choose from)."""
+        return replace(self, demonstrations=tuple(demonstrations), demo_k=0, demo_per_label=False)
+
     def expanded_template(self) -> str:
         """The template with instruction and demonstrations written in (before chat wrapping)."""
         template = self.template
@@ -116,7 +133,7 @@ class Prompt:
         """The template the model really reads: instruction, demonstrations and chat wrapping
         (which needs the model's tokenizer) written in. With per-input demonstrations
         (``demo_k`` > 0) it shows the first k of the pool."""
-        prompt = replace(self, demonstrations=self.demonstrations[: self.demo_k], demo_k=0) if self.demo_k else self
+        prompt = self.showing(self.demonstrations[: self.demo_k]) if self.demo_k else self
         template = prompt.expanded_template()
         if not prompt.chat:
             return template

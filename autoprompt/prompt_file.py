@@ -35,7 +35,7 @@ MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not 
 MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "demo_k", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search", "generation"}
+             "demo_k", "demo_per_label", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search", "generation"}
 _REQUIRED = {"format", "template", "model", "task"}
 _ENSEMBLE_KEYS = {"format", "autoprompt_version", "created", "task", "combine", "members", "metrics", "search"}
 
@@ -75,6 +75,8 @@ def to_json(pf: PromptFile, adapter: dict[str, Any] | None = None) -> dict[str, 
         "instruction": p.instruction,
         "demonstrations": [{"fields": d.fields, "answer": d.answer} for d in p.demonstrations],
         "demo_k": p.demo_k,
+        # only when set: a reader that does not know it refuses the file rather than show other demonstrations
+        **({"demo_per_label": True} if p.demo_per_label else {}),
         "verbalizer": p.verbalizer,
         "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
         "chat": p.chat,
@@ -154,6 +156,11 @@ def from_json(data: Any, folder: Path | None = None) -> PromptFile:
     demo_k = _typed(data.get("demo_k", 0), int, "demo_k")
     _check(not isinstance(demo_k, bool) and 0 <= demo_k <= len(demos),
            f"demo_k must be 0..{len(demos)} (the number of demonstrations), not {demo_k!r}")
+    per_label = _typed(data.get("demo_per_label", False), bool, "demo_per_label")
+    _check(not per_label or (demo_k > 0 and verbalizer is not None),
+           "demo_per_label needs a pool to choose from (demo_k > 0) and labels (a verbalizer)")
+    _check(not per_label or all(d.answer in verbalizer for d in demos),
+           "demo_per_label: every demonstration's answer must be one of the verbalizer's labels")
     calibration = _typed(data.get("calibration", []), list, "calibration")
     _check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in calibration),
            "calibration must be a list of finite numbers")
@@ -166,7 +173,7 @@ def from_json(data: Any, folder: Path | None = None) -> PromptFile:
     prompt = _prompt(_template(data["template"]), verbalizer=verbalizer, trigger_ids=tuple(t["id"] for t in triggers),
                      trigger_tokens=tuple(t["text"] for t in triggers),
                      instruction=_typed(data.get("instruction", ""), str, "instruction"), demonstrations=tuple(demos),
-                     demo_k=demo_k, chat=_typed(data.get("chat", False), bool, "chat"),
+                     demo_k=demo_k, demo_per_label=per_label, chat=_typed(data.get("chat", False), bool, "chat"),
                      calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields),
                      generation=_generation(data.get("generation")), adapter=adapter)
     _check(prompt.n_trigger_slots == len(triggers),

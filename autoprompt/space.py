@@ -3,7 +3,7 @@
     instruction: ["", "Is this review positive or negative?"]
     layout: ["{instruction}\\n{demos}\\n\\nReview: {text}\\nSentiment:[P]", ...]
     verbalizer: [{negative: [negative], positive: [positive]}, ...]
-    demonstrations: {k: [0, 2, 4], selection: [random, balanced, similar], order: [shuffled, by_label]}
+    demonstrations: {k: [0, 2, 4], selection: [random, balanced, similar, balanced_similar], order: [shuffled, by_label]}
     chat: [false, true]
     calibration: [none, contextual]
     triggers: [0, 5]
@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 SPACES_DIR = Path(str(files("autoprompt.builtin_spaces")))  # search/ of the repository, installed with the package
 DIMENSIONS = ("instruction", "layout", "verbalizer", "demonstrations", "chat", "calibration", "triggers")
 DEMO_KEYS = ("k", "selection", "order")
-SELECTIONS = ("random", "balanced", "similar")
+SELECTIONS = ("random", "balanced", "similar", "balanced_similar")
+# "similar": each input is shown the k pool demonstrations nearest to it; "balanced_similar": the nearest
+# of each label in turn, from a pool balanced over the labels (a task without labels: "similar")
+SIMILAR_SELECTIONS = ("similar", "balanced_similar")
 SIMILAR_POOL = 64  # train examples a "similar" prompt keeps to choose each input's demonstrations from
 ORDERS = ("shuffled", "by_label")
 CALIBRATIONS = ("none", "contextual")
@@ -230,17 +233,27 @@ class Choice:
 def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_triggers: int = 0) -> Prompt:
     """The prompt a choice stands for (calibration not yet measured: it needs the model)."""
     layout = place_triggers(space.layout[choice.layout], n_triggers)
-    demo_k = 0
-    if choice.k and choice.selection == "similar":  # a pool; each input gets its k nearest at scoring time
-        train = task.examples("train")
-        demos = random.Random(f"{seed}-similar-pool").sample(train, min(SIMILAR_POOL, len(train)))
+    demo_k, per_label = 0, False
+    labels = list(task.verbalizer or {})
+    if choice.k and choice.selection in SIMILAR_SELECTIONS:  # a pool; each input gets its k nearest at scoring time
+        per_label = choice.selection == "balanced_similar" and bool(labels)
+        demos = similar_pool(task.examples("train"), labels if per_label else [], seed=seed)
         demo_k = min(choice.k, len(demos))
     else:
         demos = pick_demonstrations(task.examples("train"), choice.k, choice.selection, choice.order,
-                                    labels=list(task.verbalizer or {}), seed=seed) if choice.k else []
+                                    labels=labels, seed=seed) if choice.k else []
     return Prompt(template=layout, verbalizer=space.verbalizer[choice.verbalizer] if task.verbalizer else None,
                   instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), demo_k=demo_k,
-                  chat=choice.chat, fields=tuple(task.fields), generation=task.generation)
+                  demo_per_label=per_label, chat=choice.chat, fields=tuple(task.fields), generation=task.generation)
+
+
+def similar_pool(train: list[Example], labels: list[str], *, seed: int) -> list[Example]:
+    """The SIMILAR_POOL train examples a "similar" prompt chooses from: a sample, or (``labels``) one
+    balanced over them, of train examples with one of those labels."""
+    if not labels:
+        return random.Random(f"{seed}-similar-pool").sample(train, min(SIMILAR_POOL, len(train)))
+    labelled = [e for e in train if e.answer in labels]
+    return pick_demonstrations(labelled, SIMILAR_POOL, "balanced", "shuffled", labels=labels, seed=seed)
 
 
 def pick_demonstrations(train: list[Example], k: int, selection: str, order: str, *, labels: list[str],

@@ -96,8 +96,9 @@ def prompt_section(run: Run, predictions: dict[str, Any] | None = None) -> list[
         lines.append("triggers: " + ", ".join(f"`{t!r}`" for t in triggers))
     demos = prompt_file.get("demonstrations") or []
     if demos:
-        lines.append(f"demonstrations: {len(demos)}" + (f" (each input is shown the {prompt_file['demo_k']} nearest)"
-                                                       if prompt_file.get("demo_k") else ""))
+        shown = f" (each input is shown the {prompt_file['demo_k']} nearest" if prompt_file.get("demo_k") else ""
+        shown += (", per label)" if prompt_file.get("demo_per_label") else ")") if shown else ""
+        lines.append(f"demonstrations: {len(demos)}{shown}")
     if prompt_file.get("chat"):
         lines.append("chat: wrapped in the model's chat template")
     if prompt_file.get("calibration"):

@@ -1,5 +1,6 @@
 """"Similar" demonstrations: each input is shown the pool demonstrations nearest to it by the
-model's own embedding of the texts (mean of its last hidden states)."""
+model's own embedding of the texts (mean of its last hidden states); "balanced_similar" ones: the
+nearest of each label in turn."""
 
 from __future__ import annotations
 
@@ -58,5 +59,24 @@ def nearest_demonstrations(model: LanguageModel, prompt: Prompt, examples: list[
         in_pool.setdefault(json.dumps(demo.fields, sort_keys=True), []).append(j)
     for i, example in enumerate(examples):  # an input that is in the pool is not its own demonstration
         similarity[i, in_pool.get(json.dumps(example.fields, sort_keys=True), [])] = -float("inf")
-    top = similarity.topk(prompt.demo_k, dim=1).indices.flip(1)  # ascending: the nearest comes last
+    if prompt.demo_per_label:
+        top = nearest_per_label(similarity, torch.tensor([prompt.labels.index(d.answer) for d in pool]), prompt.demo_k)
+    else:
+        top = similarity.topk(prompt.demo_k, dim=1).indices.flip(1)  # ascending: the nearest comes last
     return [tuple(pool[j] for j in row) for row in top.tolist()]
+
+
+def nearest_per_label(similarity: torch.Tensor, label_ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k columns taken in rounds, the nearest not yet taken of every label per round (nearer
+    first within a round), so the labels share k as evenly as it divides and a label with too few columns
+    leaves its turns to the others; the k in ascending similarity, the nearest last. Columns at -inf (the
+    input itself) come after every other. similarity [n, pool], label_ids [pool] -> [n, k]"""
+    n, size = similarity.shape
+    by_similarity = similarity.argsort(dim=1, descending=True, stable=True)  # [n, pool]
+    labels = label_ids[by_similarity]  # [n, pool]: each column's label, nearest first
+    one_hot = torch.nn.functional.one_hot(labels, int(label_ids.max()) + 1)  # [n, pool, n_labels]
+    rank = (one_hot.cumsum(dim=1) * one_hot).sum(dim=2) - 1  # [n, pool]: its place among its label's
+    rank[similarity.gather(1, by_similarity) == -float("inf")] = size  # never before a real one
+    position = torch.arange(size).expand(n, size)
+    taken = (rank * size + position).argsort(dim=1)[:, :k]  # [n, k]: positions in the nearest-first order
+    return by_similarity.gather(1, taken.sort(dim=1, descending=True).values)  # the nearest last

@@ -3,7 +3,6 @@ positions, and the label words' ids as the answer."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from autoprompt.errors import InputTooLong, TemplateError
@@ -32,7 +31,7 @@ def encode_examples(model: LanguageModel, prompt: Prompt, examples: list[Example
                             "load_prompt(path), which put the adapter on the model")
     if prompt.demo_k:  # each input with its own nearest demonstrations
         chosen = nearest_demonstrations(model, prompt, examples, caches)
-        templates = [render_template(model, replace(prompt, demonstrations=d, demo_k=0)) for d in chosen]
+        templates = [render_template(model, prompt.showing(d)) for d in chosen]
     else:
         templates = [render_template(model, prompt)] * len(examples)
     out = []

@@ -185,8 +185,8 @@ def _per_example(metric: str, ev: Evaluation, examples: list[Example]) -> list[f
 
 def prompt_key(model: LanguageModel, prompt: Prompt, choice: Choice) -> str:
     """What makes two trials the same prompt: the text the model reads, the verbalizer, calibration."""
-    text = json.dumps([render_template(model, prompt), prompt.demo_k, prompt.verbalizer, choice.calibration],
-                      sort_keys=True)
+    parts = [render_template(model, prompt), prompt.demo_k, prompt.verbalizer, choice.calibration]
+    text = json.dumps(parts + (["per label"] if prompt.demo_per_label else []), sort_keys=True)  # (keys stored before stay)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
