@@ -163,7 +163,7 @@ def adapt(words: list[str], ws: Workspace) -> list[str]:
     assert words[0] == "autoprompt"
     args = [ws.run_like(w) if RUN_ID.match(w) else w for w in words[1:]]
     sub = args[0]
-    if sub in ("evaluate", "optimize", "labels", "bench", "compare-methods") and "--model" not in args \
+    if sub in ("evaluate", "optimize", "labels", "bench", "compare-methods", "demos") and "--model" not in args \
             and "--resume" not in args:
         args += ["--model", str(ws.causal)]
     if sub == "optimize":
@@ -179,6 +179,8 @@ def adapt(words: list[str], ws: Workspace) -> list[str]:
             at = args.index("--total-budget")
             args = args[:at] + args[at + 2:]
         args = _set(_set(args, "--shots", "4"), "--time-budget", "3")
+    if sub == "demos":  # (one seed on a few examples: the study's cells, not its numbers)
+        args = _set(_set(args, "--seeds", "0"), "--limit", "8")
     if sub == "bench":
         args += ["--rounds", "1", "--examples", "4", "--candidates", "3"]
     return args

@@ -16,6 +16,7 @@ import click
 
 from autoprompt.cli.commands import bench, dashboard, evaluate, labels, models, predict, tasks
 from autoprompt.cli.compare import compare_methods
+from autoprompt.cli.demos import demos
 from autoprompt.cli.optimize import optimize
 from autoprompt.cli.runs import export, runs
 from autoprompt.errors import AutoPromptError
@@ -94,5 +95,6 @@ def main(verbose: int, quiet: bool) -> None:
         pass
 
 
-for _command in (optimize, compare_methods, evaluate, predict, tasks, labels, models, runs, export, dashboard, bench):
+for _command in (optimize, compare_methods, evaluate, predict, tasks, labels, models, runs, export, dashboard, bench,
+                 demos):
     main.add_command(_command)
