@@ -92,12 +92,13 @@ class DemoStudy:
     seconds: float = 0.0  # the whole study's wall time
 
     def summary(self, selection: str, k: int) -> tuple[float | None, float | None, float]:
-        """Mean and standard deviation (over seeds; 0 for one) of a selection at k, and its seconds in all."""
+        """Mean and standard deviation (over seeds; 0 for one) of a selection at k, and the seconds spent
+        scoring it (none for a prompt an earlier cell scored)."""
         cells = [c for c in self.cells if c.selection == selection and c.k == k]
         values = [c.value for c in cells if c.value is not None]
         mean = statistics.fmean(values) if values else None
         std = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
-        return mean, std, sum(c.seconds for c in cells)
+        return mean, std, sum(c.seconds for c in cells if not c.same_as)
 
     def table(self) -> list[str]:
         """The study as text lines: a row per selection, a column per k, ``mean ± std`` in each."""
