@@ -35,7 +35,8 @@ MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not 
 MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "demo_k", "demo_per_label", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search", "generation"}
+             "demo_k", "demo_per_label", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search",
+             "generation"}
 _REQUIRED = {"format", "template", "model", "task"}
 _ENSEMBLE_KEYS = {"format", "autoprompt_version", "created", "task", "combine", "members", "metrics", "search"}
 
