@@ -100,8 +100,7 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
         return dataclasses.replace(result, run_dir=None, prompt_file=None, report=None, history=[])
     started = time.perf_counter()
     if resume is not None:
-        run, method, config, seed, time_budget, confidence, searched_task = _reopen(resume, task, model, config)
-        holdout = run.config().get("holdout", 0.0)  # (runs made before the untouched slice searched all of dev)
+        run, method, config, seed, (time_budget, confidence, holdout), searched_task = _reopen(resume, task, model, config)
     else:
         if not 0 <= holdout < 1:
             raise AutoPromptError(f"holdout {holdout}: the share of dev kept from the search is in [0, 1)")
@@ -234,8 +233,9 @@ def _reopen(resume, task: Task, model: LanguageModel, given: Any):
         task = dataclasses.replace(task, verbalizer=saved["verbalizer"])
     if saved.get("template") not in (None, task.template):  # the run's --template
         task = dataclasses.replace(task, template=saved["template"])
-    return (run, method, config, run.seed() or 0, saved.get("time_budget"),
-            saved.get("confidence", DEFAULT_CONFIDENCE), task)
+    run_settings = (saved.get("time_budget"), saved.get("confidence", DEFAULT_CONFIDENCE),
+                    saved.get("holdout", 0.0))  # (runs made before the untouched slice searched all of dev)
+    return run, method, config, run.seed() or 0, run_settings, task
 
 
 def _search(ctx: Context, spec: Method, config: Any) -> Found:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from autoprompt.ensemble import Ensemble
 from autoprompt.scoring import Caches, Evaluation, evaluate
 from autoprompt.searches.base import TRAIN_SAMPLE
+from autoprompt.untouched import RUN_SPLITS
 
 if TYPE_CHECKING:
     from autoprompt.models import LanguageModel
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from autoprompt.searches import Method
     from autoprompt.task import Task
 
-SPLITS = ("train", "dev", "untouched", "test")  # untouched: the slice of dev the search never saw
+SPLITS = RUN_SPLITS  # (untouched: the slice of dev the search never saw)
 
 
 @dataclass

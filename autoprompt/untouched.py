@@ -15,12 +15,11 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autoprompt.runs.predictions import SplitResult
     from autoprompt.task import Task
 
 DEFAULT_HOLDOUT = 0.2  # of dev, kept from the search
 SPLIT = "untouched"
-OPTIMISM_GAP = 0.05  # without intervals: a dev gain this far above the slice's gain is called optimistic
+RUN_SPLITS = ("train", "dev", SPLIT, "test")  # what a run scores its prompts on at the end, in report order
 
 
 def hold_out(task: Task, fraction: float) -> Task:
@@ -42,22 +41,3 @@ def hold_out(task: Task, fraction: float) -> Task:
     splits = {**task.splits, "dev": [e for i, e in enumerate(dev) if i not in kept],
               SPLIT: [dev[i] for i in sorted(kept)]}
     return dataclasses.replace(task, splits=splits)
-
-
-def optimism_note(rows: list[SplitResult]) -> str | None:
-    """What the untouched slice says about the choice on dev: the found prompt's gain over the baseline on dev
-    and on the slice (with its paired 95% interval when predictions are saved). A dev gain above that interval
-    (without intervals: more than OPTIMISM_GAP above the slice's gain) is called optimistic."""
-    by_split = {r.split: r for r in rows}
-    dev, untouched = by_split.get("dev"), by_split.get(SPLIT)
-    if dev is None or untouched is None or None in (dev.value, dev.baseline, untouched.value, untouched.baseline):
-        return None
-    dev_gain, slice_gain = dev.value - dev.baseline, untouched.value - untouched.baseline
-    bounds = untouched.gain_interval
-    shown = f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else ""
-    text = (f"dev at selection {dev.value:.3f}, untouched dev slice {untouched.value:.3f} ({untouched.examples} "
-            f"examples the search never saw); the found prompt's gain over the baseline: {dev_gain:+.3f} on dev, "
-            f"{slice_gain:+.3f}{shown} on the slice")
-    if (dev_gain > bounds[1]) if bounds else (dev_gain - slice_gain > OPTIMISM_GAP):
-        return text + ": the dev gain is above what the slice supports, the choice on dev looks optimistic"
-    return text

@@ -67,7 +67,7 @@ def trigger_task(model) -> Task:
 def staged(causal_lm, tmp_path_factory):
     """The LoRA stage long enough for the tiny model to learn the eight sentences (as test_adapters' lora_run)."""
     folder = tmp_path_factory.mktemp("staged")
-    return run_hybrid(causal_lm, folder, hybrid(folder, epochs=20, early_stop=0))
+    return run_hybrid(causal_lm, folder, hybrid(folder, epochs=20, early_stop=0), holdout=0)  # (dev: all eight)
 
 
 def test_the_lora_stage_trains_through_the_winner_and_ships_when_better(causal_lm, staged) -> None:
@@ -132,7 +132,7 @@ def test_lora_no_better_on_dev_ships_the_winner_without_an_adapter(causal_lm, tm
 def test_the_stage_off_runs_the_hybrid_as_before(causal_lm, staged, tmp_path: Path) -> None:
     """Off, the hybrid's log is the staged run's up to its choice (the same template and trigger stages: no
     time budget here), it ships that choice, and nothing of the LoRA stage is made."""
-    plain = run_hybrid(causal_lm, tmp_path, hybrid(tmp_path, stage=False))
+    plain = run_hybrid(causal_lm, tmp_path, hybrid(tmp_path, stage=False), holdout=0)  # (as the staged run)
 
     def shown(events):
         return [{k: v for k, v in e.items() if k != "seconds"} for e in events if e.get("stage") != "lora"]

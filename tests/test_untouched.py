@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from autoprompt.optimizer import optimize
-from autoprompt.runs.predictions import SplitResult
+from autoprompt.runs.predictions import SplitResult, optimism_note
 from autoprompt.searches import METHODS
 from autoprompt.searches.trigger import TriggerSearchConfig
 from autoprompt.task import Example, Task
-from autoprompt.untouched import SPLIT, hold_out, optimism_note
+from autoprompt.untouched import SPLIT, hold_out
 from tests.test_cli import invoke
 
 VERBALIZER = {"negative": ["negative"], "positive": ["positive"]}

@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 from autoprompt.errors import AutoPromptError
 from autoprompt.metrics import N_RESAMPLES, bootstrap, interval, metric_value
 from autoprompt.runs.folder import Run
+from autoprompt.untouched import RUN_SPLITS, SPLIT
 
 if TYPE_CHECKING:
     from autoprompt.scoring import Evaluation
     from autoprompt.task import Example
 
 PREDICTIONS_FORMAT = "autoprompt.predictions/v1"
+OPTIMISM_GAP = 0.05  # without intervals: a dev gain this far above the slice's gain is called optimistic
 OVERFIT_GAP = 0.05  # train above test by more than this (and beyond both intervals): a warning
-SPLITS = ("train", "dev", "untouched", "test")
+SPLITS = RUN_SPLITS
 
 
 def split_record(examples: list[Example], found: Evaluation, baseline: Evaluation, *, of: int,
@@ -122,3 +124,22 @@ def overfit_warning(rows: list[SplitResult]) -> str | None:
         return None
     return (f"the found prompt scores {train.value:.3f} on train but {test.value:.3f} on test, a gap of {gap:.3f} "
             f"(more than {OVERFIT_GAP} and beyond both 95% intervals): it overfits the examples it was searched on")
+
+
+def optimism_note(rows: list[SplitResult]) -> str | None:
+    """What the untouched slice says about the choice on dev: the found prompt's gain over the baseline on dev
+    and on the slice (with its paired 95% interval when predictions are saved). A dev gain above that interval
+    (without intervals: more than OPTIMISM_GAP above the slice's gain) is called optimistic."""
+    by_split = {r.split: r for r in rows}
+    dev, untouched = by_split.get("dev"), by_split.get(SPLIT)
+    if dev is None or untouched is None or None in (dev.value, dev.baseline, untouched.value, untouched.baseline):
+        return None
+    dev_gain, slice_gain = dev.value - dev.baseline, untouched.value - untouched.baseline
+    bounds = untouched.gain_interval
+    shown = f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else ""
+    text = (f"dev at selection {dev.value:.3f}, untouched dev slice {untouched.value:.3f} ({untouched.examples} "
+            f"examples the search never saw); the found prompt's gain over the baseline: {dev_gain:+.3f} on dev, "
+            f"{slice_gain:+.3f}{shown} on the slice")
+    if (dev_gain > bounds[1]) if bounds else (dev_gain - slice_gain > OPTIMISM_GAP):
+        return text + ": the dev gain is above what the slice supports, the choice on dev looks optimistic"
+    return text

@@ -18,8 +18,7 @@ from autoprompt.prompt_file import read_prompt_file
 from autoprompt.runs.folder import Run
 from autoprompt.runs.listing import format_interval, format_seconds, format_value, summary
 from autoprompt.runs.plots import confusion_png, history_pngs, metrics_png
-from autoprompt.runs.predictions import SplitResult, overfit_warning, read_predictions, split_results
-from autoprompt.untouched import optimism_note
+from autoprompt.runs.predictions import SplitResult, optimism_note, overfit_warning, read_predictions, split_results
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autoprompt.budget import Budget
-from autoprompt.untouched import DEFAULT_HOLDOUT
+from autoprompt.untouched import DEFAULT_HOLDOUT, RUN_SPLITS
 
 if TYPE_CHECKING:
     from autoprompt.models import LanguageModel
@@ -145,5 +145,5 @@ def config_sections(config: Any) -> dict[str, dict[str, Any]]:
 
 def final_split_examples(task: Task) -> int:
     """Examples one prompt is scored on at the end of a run: dev, its untouched slice, test and the train sample."""
-    sizes = {split: len(task.splits.get(split) or []) for split in ("train", "dev", "untouched", "test")}
-    return sizes["dev"] + sizes["untouched"] + sizes["test"] + min(TRAIN_SAMPLE, sizes["train"])
+    sizes = {split: len(task.splits.get(split) or []) for split in RUN_SPLITS}
+    return sum(sizes.values()) - sizes["train"] + min(TRAIN_SAMPLE, sizes["train"])
