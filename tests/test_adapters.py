@@ -93,9 +93,11 @@ def test_an_adapter_prompt_is_not_scored_without_its_adapter(causal_lm) -> None:
 
 @pytest.fixture(scope="module")
 def lora_run(causal_lm, tmp_path_factory):
-    """A LoRA run on the labelled task: 40 steps, enough for the tiny model to learn eight sentences."""
+    """A LoRA run on the labelled task: 40 steps, enough for the tiny model to learn eight sentences. All of dev
+    (holdout 0: the same eight) and a rate that descends smoothly: at 0.02 the loss swung 0.45-0.90 from step to
+    step and the dev-chosen step's loss hung on the CPU's kernels (0.51 on one machine, 0.66 on another)."""
     return optimize(label_task(), causal_lm, method="lora", runs_dir=tmp_path_factory.mktemp("runs"), progress=False,
-                    confidence=0, epochs=20, batch_size=4, lora_lr=0.02, lora_dropout=0.0, early_stop=0)
+                    confidence=0, holdout=0, epochs=20, batch_size=4, lora_lr=0.01, lora_dropout=0.0, early_stop=0)
 
 
 def test_lora_lowers_the_train_loss(causal_lm, lora_run) -> None:

@@ -87,15 +87,18 @@ def test_the_pruner_sees_the_metric_being_optimized(causal_lm, tmp_path: Path) -
     assert manual.value == pytest.approx(expected[30])
 
 
-def test_a_prompt_too_long_for_the_model_is_a_dead_end_not_a_crash(causal_lm, tmp_path: Path) -> None:
-    """Demonstrations that push inputs past the model's context (512 tokens here) prune that trial; the search goes on."""
+@pytest.mark.parametrize("calibration", ["none", "contextual"])
+def test_a_prompt_too_long_for_the_model_is_a_dead_end_not_a_crash(causal_lm, tmp_path: Path, calibration) -> None:
+    """Demonstrations that push inputs past the model's context (512 tokens here) prune that trial; the search goes on.
+    With contextual calibration the first input too long is the content-free one, scored while building the prompt."""
     long_text = " ".join(["the film was long and the plot was slow"] * 12)  # ~100 tokens a demonstration
     examples = [Example({"text": f"{long_text} {i}"}, ["negative", "positive"][i % 2], f"x:{i}") for i in range(12)]
     task = Task(name="long", template="{text} =>[P]", verbalizer={"negative": ["negative"], "positive": ["positive"]},
                 splits={"train": examples, "dev": examples[:6], "test": examples[6:]})
     space = tmp_path / "space.yaml"
     space.write_text("demonstrations: {k: [0, 8], selection: [random]}\n"
-                     "instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n", encoding="utf-8")
+                     "instruction: ['', 'Positive or negative?', 'Say the sentiment.']\n"
+                     f"calibration: [{calibration}]\n", encoding="utf-8")
     cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=3, rescore_top=2)
     result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template",
                       config=cfg, progress=False)

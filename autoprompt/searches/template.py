@@ -262,9 +262,9 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
             log.info("time budget: trial %d is not re-scored (%s)", t.number, ctx.budget.describe())
             continue
         choice = Choice.from_params(t.params, space)
-        prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
         bar.update(len(dev))
         try:
+            prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
             evaluation = evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
         except InputTooLong as exc:  # some dev input the trial's sample did not have is too long with it
             log.warning("trial %d is not re-scored: %s", t.number, exc)

@@ -121,9 +121,21 @@ class Trials:
             trial.set_user_attr("duplicate_of", same.number)  # the demo order...): reuse its score
             self.study.tell(trial, same.value)
             return {**event, "state": "duplicate", "duplicate_of": same.number, "dev": same.value}
-        prompt = self.build(choice)
+        try:
+            prompt = self.build(choice)  # (contextual calibration scores content-free inputs with the prompt)
+        except InputTooLong as exc:
+            return {**event, **self._too_long(trial, exc, 0)}
         event["prompt"] = render_template(self.model, prompt)
         return {**event, **self._score(trial, prompt)}
+
+    def _too_long(self, trial: optuna.Trial, exc: InputTooLong, scored: int) -> dict[str, Any]:
+        """A prompt some input does not fit in the model's context with (e.g. many demonstrations on a model
+        with a short context): a dead end of the space, pruned, not the end of the search."""
+        import optuna
+
+        trial.set_user_attr("too_long", str(exc))
+        self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return {"state": "too long", "examples": scored, "error": str(exc)}
 
     def _score(self, trial: optuna.Trial, prompt: Prompt) -> dict[str, Any]:
         """Score the trial's prompt on dev chunk by chunk, reporting the task's metric so far to the pruner."""
@@ -137,10 +149,8 @@ class Trials:
             chunk = self.dev[start : start + self.chunk]
             try:
                 ev = evaluate(self.model, prompt, chunk, metric=metric, caches=self.caches)
-            except InputTooLong as exc:  # e.g. many demonstrations on a model with a short context: a dead end
-                trial.set_user_attr("too_long", str(exc))
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return {"state": "too long", "examples": len(predicted), "error": str(exc)}
+            except InputTooLong as exc:
+                return self._too_long(trial, exc, len(predicted))
             predicted += ev.predictions
             if ev.target_ranks is not None:
                 ranks += [int(r) for r in ev.target_ranks]
