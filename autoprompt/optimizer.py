@@ -160,7 +160,7 @@ def _finish(ctx: Context, method: str, config: Any, found: Found, baseline_promp
 
 def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: float):
     """Both prompts on dev (the found one's dev scores when the search kept them), and why the baseline is
-    kept, if it is: the found prompt's gain on dev is not above zero with the asked confidence."""
+    kept, if it is: the found prompt's gain on dev is not above zero with the asked confidence (selection.judge)."""
     dev, metric = ctx.task.examples("dev"), ctx.task.metric
     found_dev = found.dev or evaluate(ctx.model, found.prompt, dev, metric=metric)
     base_dev = evaluate_once(ctx.model, baseline_prompt, dev, metric, Caches())  # (a comparison: once a sample)
@@ -170,10 +170,16 @@ def _judge(ctx: Context, found: Found, baseline_prompt: Prompt, confidence: floa
             found.prompt.verbalizer == baseline_prompt.verbalizer and not found.prompt.calibration and \
             found.prompt.adapter is None:
         return known, None  # the search found the task's own prompt
+    generated = found_dev.scores is not None and found_dev.target_log_probs is not None and \
+        base_dev.target_log_probs is not None  # (generated answers: the likelihood is a second witness)
     verdict = judge(metric, [e.answer for e in dev], side(found_dev), side(base_dev), labels=ctx.task.labels or None,
-                    confidence=confidence, seed=ctx.seed)
-    ctx.verdict = {"confidence": confidence, **verdict.as_dict()}  # (into result.json and the prompt file)
+                    confidence=confidence, seed=ctx.seed,
+                    log_probs=(found_dev.target_log_probs, base_dev.target_log_probs) if generated else None)
+    ctx.verdict = {"confidence": confidence, **verdict.as_dict(),  # (into result.json, the prompt file, the report)
+                   "reason": verdict.reason(metric, confidence)}
     if verdict.keep_found:
+        if verdict.by_likelihood:
+            log.info("the found prompt is kept: %s", verdict.reason(metric, confidence))
         return known, None
     log.warning("%s", verdict.reason(metric, confidence))
     return {"dev": (base_dev, base_dev)}, verdict.reason(metric, confidence)

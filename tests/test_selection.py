@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autoprompt.optimizer import optimize
@@ -73,3 +74,43 @@ def test_on_random_labels_the_search_keeps_the_baseline_and_says_so(method: str,
     assert saved.prompt.template == manual.template and saved.search["kept_baseline"] == result.kept_baseline
     verdict = json.loads((result.run_dir / "result.json").read_text())["verdict"]
     assert verdict["keep_found"] is False and verdict["gain_low"] <= 0
+
+
+# --- generated answers: the gold answers' likelihood as a second witness -----------------------------
+
+def answers(right: set[int], n: int = 49) -> dict:
+    """A side of exact-match answers: right on the examples in ``right``."""
+    return {"predicted": ["X"] * n, "scores": [1.0 if i in right else 0.0 for i in range(n)]}
+
+
+def test_a_small_metric_gain_backed_by_the_gold_answers_likelihood_is_kept() -> None:
+    gold, rng = ["FRA"] * 49, np.random.default_rng(0)
+    base_lp = rng.normal(-8.0, 1.0, 49)
+    better = base_lp + 0.5 + rng.normal(0, 0.3, 49)  # every gold answer likelier, by about half a nat
+    found, base = answers({3, 17}), answers({3})  # 2 of 49 against 1: no gain exact match supports alone
+    assert not judge("exact_match", gold, found, base).keep_found
+    verdict = judge("exact_match", gold, found, base, log_probs=(better, base_lp))
+    assert verdict.keep_found and verdict.by_likelihood and verdict.gain_low <= 0 < verdict.log_prob_gain_low
+    assert "log-likelihood" in verdict.reason("exact_match", 0.95) and verdict.as_dict()["by_likelihood"] is True
+    # a tie on the metric keeps the baseline, however much likelier the gold answers are
+    tie = judge("exact_match", gold, answers({3}), base, log_probs=(better, base_lp))
+    assert not tie.keep_found and "the task's own prompt is kept" in tie.reason("exact_match", 0.95)
+    # ahead on the metric, but the likelihood only noise: kept is the baseline
+    noise = base_lp + rng.normal(0, 1.0, 49)
+    assert not judge("exact_match", gold, found, base, log_probs=(noise, base_lp)).keep_found
+    # a gain the metric supports alone needs no witness
+    clear = judge("exact_match", gold, answers(set(range(20))), base, log_probs=(base_lp - 1, base_lp))
+    assert clear.keep_found and not clear.by_likelihood
+
+
+@pytest.mark.parametrize("kind", ["generation", "labels"])
+def test_the_run_asks_the_likelihood_only_of_generated_answers(kind: str, causal_lm, tmp_path: Path) -> None:
+    from test_generation import code_task
+
+    task = code_task() if kind == "generation" else random_label_task()
+    config = TriggerSearchConfig(steps=2, n_triggers=2, top_k=4, grad_batch=4, eval_batch=4, dev_every=1)
+    result = optimize(task, causal_lm, config=config, runs_dir=tmp_path / "runs", progress=False, holdout=0)
+    verdict = json.loads((result.run_dir / "result.json").read_text())["verdict"]  # (triggers: never the task's own)
+    assert ("log_prob_gain_low" in verdict) == (kind == "generation")
+    report = (result.run_dir / "report.md").read_text()
+    assert f"Against the baseline on dev: {verdict['reason']}." in report

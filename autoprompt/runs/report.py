@@ -51,6 +51,8 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
         lines += ["", f"> **Warning:** {warning}."]
     if optimism:
         lines += ["", f"Selection on dev: {optimism}."]
+    if (run.result().get("verdict") or {}).get("reason"):  # (runs made before it: no line)
+        lines += ["", f"Against the baseline on dev: {run.result()['verdict']['reason']}."]
     if metrics_png(rows, metric, run.path / "metrics.png"):
         lines += ["", "![metrics](metrics.png)"]
     lines += ["", *_confusion_section(run, predictions)]
