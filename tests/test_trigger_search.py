@@ -174,6 +174,28 @@ def test_gcg_mode_and_seed(causal_lm):
     assert len(a.trigger_ids) == 2
 
 
+def test_mode_auto_is_gcg_for_generated_answers_and_autoprompt_for_labels(causal_lm, tmp_path: Path):
+    from test_generation import code_task
+
+    labels = Prompt.from_task(make_task("{text} [T]\nSentiment:[P]", ["positive", "negative"] * 4))
+    codes = Prompt.from_task(code_task())
+    assert labels.generation is None and codes.generation is not None
+    default = TriggerSearchConfig()
+    assert (default.mode, default.top_k, default.eval_batch) == ("auto", None, None)
+    got = {name: ts.resolved(default, prompt) for name, prompt in (("labels", labels), ("codes", codes))}
+    assert [(c.mode, c.top_k, c.eval_batch) for c in got.values()] == [("autoprompt", 16, 32), ("gcg", 64, 8)]
+    mine = ts.resolved(TriggerSearchConfig(mode="autoprompt", eval_batch=5), codes)  # what is set stays set
+    assert (mine.mode, mine.top_k, mine.eval_batch) == ("autoprompt", 16, 5)
+    assert ts.resolved(TriggerSearchConfig(top_k=3), labels).top_k == 3
+    # the run records what it ran with; a gcg step scores its n_candidates random swaps (all distinct here)
+    result = optimize(code_task(), causal_lm, config=TriggerSearchConfig(steps=2, n_triggers=2, n_candidates=5,
+                                                                          grad_batch=4, dev_every=1),
+                      runs_dir=tmp_path, progress=False, confidence=0)
+    saved = autoprompt.read_prompt_file(result.prompt_file)
+    assert saved.search["settings"] == {"mode": "gcg", "top_k": 64, "eval_batch": 8}
+    assert all(1 <= e["n_candidates"] <= 5 for e in result.history if "n_candidates" in e)
+
+
 def test_resume_equals_uninterrupted(causal_lm, tmp_path: Path):
     model = causal_lm
     task = make_task("{text} [T] [T]\nSentiment:[P]", ["positive", "negative"] * 4)

@@ -48,15 +48,18 @@ class TriggerSearchConfig:
     n_triggers: int = opt(5, "[T] slots to add after the last field when the task's template has none "
                           "(--template places them: '{subject} was born in [T] [T][P]').", min=0)
     steps: int = opt(20, "Search steps at most.")
-    mode: str = opt("autoprompt", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps.",
-                     choices=("autoprompt", "gcg"))
-    top_k: int = opt(16, "Candidate tokens per slot, from -grad . E.")
-    n_candidates: int = opt(32, "Candidates scored per step in gcg mode (autoprompt mode scores top_k).")
+    mode: str = opt("auto", "autoprompt: one slot per step, its top-k all scored; gcg: random single swaps over all "
+                     "slots; auto: gcg for tasks with generated answers, autoprompt for the rest.",
+                     choices=("auto", "autoprompt", "gcg"))
+    top_k: int | None = opt(None, "Candidate tokens per slot, from -grad . E (default: 16 in autoprompt mode, "
+                            "64 in gcg mode).", min=1)
+    n_candidates: int = opt(64, "Candidates scored per step in gcg mode (autoprompt mode scores top_k).", min=1)
     loss: str = opt("labels", "vocab: log-prob of the gold label over the vocabulary (AutoPrompt); "
                      "labels: log-softmax over the label set.", choices=("vocab", "labels"))
     grad_batch: int = opt(32, "Train examples per gradient batch.")
     grad_accumulation: int = opt(1, "Gradient batches accumulated per step.")
-    eval_batch: int = opt(32, "Train examples each candidate is scored on (fewer: noisier choices).")
+    eval_batch: int | None = opt(None, "Train examples each candidate is scored on (fewer: noisier choices; default: "
+                                 "32 in autoprompt mode, 8 in gcg mode, which scores more candidates).", min=1)
     confirm_batch: int = opt(32, "Fresh train examples the best candidate must also beat the current prompt on "
                               "before it is kept (0: keep it on the evaluation batch alone).", min=0)
     dev_every: int = opt(5, "Score the current prompt on dev every N steps.")
@@ -71,6 +74,19 @@ class TriggerSearchConfig:
                            "than fp32) for an fp32 model, else the model's own. "
                            "The kept swap is confirmed, and dev scored, in the model's dtype.",
                            choices=("auto", "fp32", "bf16"))
+
+
+# the settings each mode defaults to (measured on the built-in generation tasks: docs/results.md)
+MODE_DEFAULTS = {"autoprompt": {"top_k": 16, "eval_batch": 32}, "gcg": {"top_k": 64, "eval_batch": 8}}
+
+
+def resolved(cfg: TriggerSearchConfig, prompt: Prompt) -> TriggerSearchConfig:
+    """The settings a search on ``prompt`` runs with: mode auto made concrete (gcg for generated answers,
+    whose whole-answer objective gains from many single swaps over all slots, scored on few examples
+    each; autoprompt for labels and first-token answers), and the mode's top_k and eval_batch where unset."""
+    mode = cfg.mode if cfg.mode != "auto" else ("gcg" if prompt.generation is not None else "autoprompt")
+    unset = {name: value for name, value in MODE_DEFAULTS[mode].items() if getattr(cfg, name) is None}
+    return dataclasses.replace(cfg, mode=mode, **unset)
 
 
 # --- candidates ------------------------------------------------------------------------
@@ -156,6 +172,7 @@ def trigger_search(model: LanguageModel, task: Task, cfg: TriggerSearchConfig, *
     ``base``: a prompt with [T] slots to search inside (default: the task's template). ``budget``: when
     to stop (default: no limit)."""
     base = initial_prompt(model, task, cfg, base)
+    cfg = resolved(cfg, base)
     budget = budget or Budget(None)
     state = state or TriggerState(trigger_ids=list(base.trigger_ids), best_trigger_ids=list(base.trigger_ids))
     for ids in (state.trigger_ids, state.best_trigger_ids):
@@ -269,7 +286,9 @@ def search(ctx: Context, cfg: TriggerSearchConfig) -> Found:
     prompt, state = trigger_search(ctx.model, ctx.task, cfg, seed=ctx.seed, run=ctx.run, state=state,
                                    progress=ctx.progress, budget=ctx.budget)
     # the checkpoint keeps the best prompt's dev metrics, not its predictions: dev is scored again
-    return Found(prompt, info={"steps": state.step, "search_seconds": round(state.seconds, 1)},
+    settings = resolved(cfg, prompt)
+    return Found(prompt, info={"steps": state.step, "search_seconds": round(state.seconds, 1),
+                               "settings": {k: getattr(settings, k) for k in ("mode", "top_k", "eval_batch")}},
                  work={"steps": state.step})
 
 
