@@ -79,7 +79,7 @@ def judge(metric: str, gold: list[str], found: dict[str, Any], baseline: dict[st
     if log_probs is None:
         return Verdict(low > 0, values[0], values[1], low)
     gains = np.asarray(log_probs[0], dtype=np.float64) - np.asarray(log_probs[1], dtype=np.float64)  # [n]
-    idx = rng.integers(0, len(gains), size=(resamples.shape[1], len(gains)))  # the examples' own resamples
+    idx = rng.integers(0, len(gains), size=(resamples.shape[1], len(gains)))  # (drawn with the same seed)
     ll_low = float(np.quantile(gains[idx].mean(axis=1), 1 - confidence))
     keep = low > 0 or (values[0] > values[1] and ll_low > 0)
     return Verdict(keep, values[0], values[1], low, float(gains.mean()), ll_low)

@@ -55,17 +55,20 @@ def test_a_free_form_task_is_sliced_as_one_group() -> None:
 
 
 def test_the_note_says_when_the_choice_on_dev_looks_optimistic() -> None:
-    def rows(found_untouched: float, interval: tuple[float, float] | None) -> list[SplitResult]:
-        return [SplitResult("dev", 80, 80, 0.80, 0.60),
-                SplitResult(SPLIT, 20, 20, found_untouched, 0.58, gain_interval=interval)]
+    def rows(found_untouched: float, interval: tuple[float, float] | None, n: int = 40) -> list[SplitResult]:
+        return [SplitResult("dev", 160, 160, 0.80, 0.60),
+                SplitResult(SPLIT, n, n, found_untouched, 0.58, gain_interval=interval)]
 
     optimistic = optimism_note(rows(0.62, (-0.1, 0.15)))  # dev gain +0.20, above the slice's interval
-    assert "dev at selection 0.800, untouched dev slice 0.620 (20 examples" in optimistic
+    assert "dev at selection 0.800, untouched dev slice 0.620 (40 examples" in optimistic
     assert "+0.200 on dev, +0.040 [-0.100, 0.150] on the slice" in optimistic and "looks optimistic" in optimistic
     assert "optimistic" not in optimism_note(rows(0.62, (-0.1, 0.25)))  # a slice too small to say
     assert "optimistic" in optimism_note(rows(0.70, None))  # without intervals: +0.20 against +0.12
     assert "optimistic" not in optimism_note(rows(0.77, None))
     assert optimism_note(rows(0.8, None)[:1]) is None  # no slice, no note
+    # ten examples both prompts answer alike: the interval is [0, 0], too few to call any dev gain optimistic
+    small = optimism_note(rows(0.58, (0.0, 0.0), n=10))
+    assert "optimistic" not in small and "too few examples to judge the choice by (under 30)" in small
 
 
 def test_the_search_never_sees_the_slice_and_the_run_reports_it(causal_lm, tmp_path: Path, monkeypatch) -> None:

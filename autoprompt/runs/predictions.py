@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 PREDICTIONS_FORMAT = "autoprompt.predictions/v1"
 OPTIMISM_GAP = 0.05  # without intervals: a dev gain this far above the slice's gain is called optimistic
+MIN_SLICE_TO_JUDGE = 30  # a smaller slice is shown, not judged by: on 10 examples where both prompts answer
+# alike, the gain's bootstrap interval is [0, 0] and any dev gain would be "above" it
 OVERFIT_GAP = 0.05  # train above test by more than this (and beyond both intervals): a warning
 SPLITS = RUN_SPLITS
 
@@ -129,7 +131,8 @@ def overfit_warning(rows: list[SplitResult]) -> str | None:
 def optimism_note(rows: list[SplitResult]) -> str | None:
     """What the untouched slice says about the choice on dev: the found prompt's gain over the baseline on dev
     and on the slice (with its paired 95% interval when predictions are saved). A dev gain above that interval
-    (without intervals: more than OPTIMISM_GAP above the slice's gain) is called optimistic."""
+    (without intervals: more than OPTIMISM_GAP above the slice's gain) is called optimistic; a slice under
+    MIN_SLICE_TO_JUDGE examples is too small to call anything."""
     by_split = {r.split: r for r in rows}
     dev, untouched = by_split.get("dev"), by_split.get(SPLIT)
     if dev is None or untouched is None or None in (dev.value, dev.baseline, untouched.value, untouched.baseline):
@@ -140,6 +143,8 @@ def optimism_note(rows: list[SplitResult]) -> str | None:
     text = (f"dev at selection {dev.value:.3f}, untouched dev slice {untouched.value:.3f} ({untouched.examples} "
             f"examples the search never saw); the found prompt's gain over the baseline: {dev_gain:+.3f} on dev, "
             f"{slice_gain:+.3f}{shown} on the slice")
+    if untouched.examples < MIN_SLICE_TO_JUDGE:
+        return text + f": too few examples to judge the choice by (under {MIN_SLICE_TO_JUDGE})"
     if (dev_gain > bounds[1]) if bounds else (dev_gain - slice_gain > OPTIMISM_GAP):
         return text + ": the dev gain is above what the slice supports, the choice on dev looks optimistic"
     return text
