@@ -13,7 +13,7 @@ from autoprompt.errors import AutoPromptError, ModelError
 from autoprompt.optimizer import optimize
 from autoprompt.proposals import Proposal, clean_instruction, meta_prompt, propose_instructions
 from autoprompt.runs import Run
-from autoprompt.searches import template as tsm
+from autoprompt.searches import proposed as proposed_module
 from autoprompt.searches import trials as trials_module
 from autoprompt.searches.base import Context
 from autoprompt.searches.template import PROPOSALS_FILE, TemplateSearchConfig, run_space, task_space
@@ -169,7 +169,7 @@ def test_a_resumed_run_reads_its_proposals_back(causal_lm, tmp_path, always_prop
     monkeypatch.setattr(trials_module, "evaluate", real)
     run_dir = next((tmp_path / "runs").iterdir())
     saved = json.loads((run_dir / PROPOSALS_FILE).read_text())
-    monkeypatch.setattr(tsm, "propose_instructions", lambda *a, **k: pytest.fail("proposed again"))
+    monkeypatch.setattr(proposed_module, "propose_instructions", lambda *a, **k: pytest.fail("proposed again"))
     result = optimize(task, causal_lm, resume=run_dir, progress=False)
     space = run_space(Context(task, causal_lm, Run.open(run_dir)), config(tmp_path, propose=2))
     assert space.instruction[-2:] == [p["instruction"] for p in saved]
@@ -180,7 +180,7 @@ def test_a_resumed_run_reads_its_proposals_back(causal_lm, tmp_path, always_prop
 
 
 def test_propose_zero_leaves_the_space_and_the_run_unchanged(causal_lm, tmp_path, monkeypatch):
-    monkeypatch.setattr(tsm, "propose_instructions", lambda *a, **k: pytest.fail("proposed with propose=0"))
+    monkeypatch.setattr(proposed_module, "propose_instructions", lambda *a, **k: pytest.fail("proposed with propose=0"))
     task = word_task()
     result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
                       config=config(tmp_path, trials=3), progress=False)

@@ -140,7 +140,7 @@ def best_so_far(ctx: Context, cfg: HybridConfig) -> Found | None:
         chosen = _saved_choice(resumed, cfg, template_stage(resumed, cfg.template_search))
         return lora_best_so_far(ctx, cfg.lora, chosen)
     winner = ctx.run.read_json(WINNER_FILE)
-    space, choice = run_space(ctx, cfg.template_search), Choice(**winner["choice"])
+    space, choice = run_space(ctx, cfg.template_search, revised=True), Choice(**winner["choice"])
     state = read_checkpoint(ctx.run)
     if state is not None and state.best_dev > winner["dev"][ctx.task.metric] and choice.calibration == "none":
         base = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed,

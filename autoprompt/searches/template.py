@@ -18,11 +18,19 @@ from tqdm.auto import tqdm
 
 from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError, InputTooLong
-from autoprompt.models import fast_twin, load_model
-from autoprompt.proposals import propose_instructions
+from autoprompt.models import fast_twin
 from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
 from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of
+from autoprompt.searches.proposed import (
+    PROPOSALS_FILE,
+    Revision,
+    proposer,
+    revise,
+    saved_revisions,
+    with_proposals,
+    with_revisions,
+)
 from autoprompt.searches.trials import (
     PRUNERS,
     SAMPLERS,
@@ -87,8 +95,11 @@ class TemplateSearchConfig:
     propose: int = opt(0, "Instructions a model proposes before the search (APE: from a few train examples each), "
                         "added to the space's instructions; 0: none. Saved in the run, so a resumed study has them.",
                         min=0)
-    proposer: str | None = opt(None, "Model that proposes the instructions (a larger local one: alias, folder, "
-                               ".gguf or hub id; default: the scoring model).")
+    revise: int = opt(0, "Revised instructions written after the trials (GEPA-style): the proposer reads the best "
+                      "trial's instruction and dev examples it gets wrong; each revision is scored like a trial "
+                      "and joins the best in the re-scoring on all of dev. 0: none.", min=0)
+    proposer: str | None = opt(None, "Model that proposes (and revises) the instructions (a larger local one: alias, "
+                               "folder, .gguf or hub id; default: the scoring model).")
     heartbeat: int = opt(10, "Seconds between a running trial's heartbeats in a shared --storage; a trial silent "
                          "for 3 of them lost its worker: it is failed and its params run again.")
 
@@ -140,34 +151,12 @@ def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: C
     return prompt
 
 
-PROPOSALS_FILE = "proposals.json"  # the instructions proposed for the run's study, with their origins
-
-
-def run_space(ctx: Context, cfg: TemplateSearchConfig, *, propose: bool = False) -> SearchSpace:
+def run_space(ctx: Context, cfg: TemplateSearchConfig, *, propose: bool = False, revised: bool = False) -> SearchSpace:
     """The run's space: the task's, with the run's proposed instructions after the space's own (proposed
-    now when ``propose`` and the run has none saved: a resumed study gets the same ones back)."""
-    space = task_space(cfg, ctx.task)
-    if not cfg.propose:
-        return space
-    if (ctx.run.path / PROPOSALS_FILE).exists():
-        saved = ctx.run.read_json(PROPOSALS_FILE)
-    elif propose:
-        saved = _propose(ctx, cfg, space)
-    else:  # interrupted before the proposals were written: the study has no trial either
-        return space
-    return replace(space, instruction=space.instruction + [p["instruction"] for p in saved])
-
-
-def _propose(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace) -> list[dict[str, Any]]:
-    """The proposals (those new to the space), saved in the run folder and logged with their place in it."""
-    generator = ctx.model if cfg.proposer is None else load_model(cfg.proposer, device=str(ctx.model.device))
-    proposals = propose_instructions(generator, ctx.task, n=cfg.propose, seed=ctx.seed)
-    saved = [asdict(p) for p in proposals if p.instruction not in space.instruction]
-    ctx.run.write_json(PROPOSALS_FILE, saved)
-    for n, proposal in enumerate(saved):
-        ctx.run.log({"stage": "propose", "index": len(space.instruction) + n, **proposal})  # its index in the space
-    log.info("%d instructions proposed (%d asked for, the rest empty or repeated)", len(saved), cfg.propose)
-    return saved
+    now when ``propose`` and the run has none saved: a resumed study gets the same ones back); ``revised``:
+    and its revised instructions after those (the space its winner is chosen in, not its study's)."""
+    space = with_proposals(ctx, task_space(cfg, ctx.task), cfg.propose, cfg.proposer, propose=propose)
+    return with_revisions(space, saved_revisions(ctx) or []) if revised else space
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -234,20 +223,26 @@ def template_search(ctx: Context, cfg: TemplateSearchConfig, *, budget=None) -> 
             bar.set_postfix(best_dev=f"{best:.3f}" if best is not None else "-", last=event["state"])
     finally:
         bar.close()
-    result = choose_winner(ctx, cfg, space, study, caches)
+    revised = revise(ctx, cfg.revise, proposer(ctx, cfg.proposer), model, space, study, trials.dev, lambda choice, space: (
+        build_prompt(model, ctx.task, space, choice, seed=ctx.seed, caches=caches))) if cfg.revise else []
+    result = choose_winner(ctx, cfg, space, study, caches, revised)
     if cfg.propose:
         result.info["proposals"] = ctx.run.read_json(PROPOSALS_FILE)
+    if cfg.revise:
+        result.info["revisions"] = [{"instruction": r.instruction, "revises": r.revises, "trial_dev": r.value}
+                                    for r in revised]
     return result
 
 
 def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, study: optuna.Study,
-                  caches: Caches | None = None) -> TemplateResult:
-    """Re-score the best few distinct trials on all of dev; the best there wins (ties: trial value), or the
-    ensemble of the best k when it is better on dev (``ensemble_max``)."""
+                  caches: Caches | None = None, revised: list[Revision] = ()) -> TemplateResult:
+    """Re-score the best few distinct trials (and ``revised`` instructions, scored as trials) on all of dev; the
+    best there wins (ties: trial value), or the ensemble of the best k when it is better on dev (``ensemble_max``)."""
     import optuna
 
+    space = with_revisions(space, list(revised))
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if "duplicate_of" not in t.user_attrs and t.value is not None]
+            if "duplicate_of" not in t.user_attrs and t.value is not None] + [r for r in revised if r.value is not None]
     if not done:
         raise AutoPromptError("the template search finished no trial (all pruned or failed)")
     done.sort(key=lambda t: (-t.value, t.number))
@@ -270,7 +265,7 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
             log.warning("trial %d is not re-scored: %s", t.number, exc)
             continue
         ctx.run.log({"stage": "rescore", "trial": t.number, "trial_dev": t.value,
-                     "dev": evaluation.metrics[ctx.task.metric]})
+                     "dev": evaluation.metrics[ctx.task.metric], **({"revision": True} if t in revised else {})})
         rescored.append(((evaluation.metrics[ctx.task.metric], t.value), choice,
                          Candidate(prompt, evaluation, {"trial": t.number, "choice": asdict(choice)})))
     bar.close()
@@ -322,7 +317,7 @@ def template_stage(ctx: Context, cfg: TemplateSearchConfig, budget=None) -> Temp
     """The template search of a run, or its winner when the run already chose one (a resumed hybrid)."""
     if ctx.resume and (ctx.run.path / WINNER_FILE).exists():
         saved = ctx.run.read_json(WINNER_FILE)
-        space, choice = run_space(ctx, cfg), Choice(**saved["choice"])
+        space, choice = run_space(ctx, cfg, revised=True), Choice(**saved["choice"])
         prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed)
         members = [Choice(**c) for c in saved.get("members", [])]
         if members:  # an ensemble won
