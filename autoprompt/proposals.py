@@ -118,7 +118,7 @@ def _meta_ids(model: LanguageModel, task: Task, sample: list, current: str | Non
         sample = sample[:-1]
 
 
-_LEADS = re.compile(r"^(the )?(new |better )?instruction( was| is)?\s*[:\-]?\s*", re.IGNORECASE)
+_LEADS = re.compile(r"^(a |the )?(new |better |revised )?instruction( was| is)?\s*[:\-]?\s*", re.IGNORECASE)
 _QUOTES = "\"'`*“”‘’«» "
 
 

@@ -87,6 +87,8 @@ def test_revisions_come_from_the_mistakes(causal_lm, always_propose):
     ('  "Classify the review as positive or negative."\nInput: x', "Classify the review as positive or negative."),
     ("to decide if the sentence is positive. Then say it", "Decide if the sentence is positive."),
     ("Instruction: name the capital city", "Name the capital city."),
+    ('A better instruction is: "Write a sentence with a negative tone.', "Write a sentence with a negative tone."),
+    ("A revised instruction: say the label.", "Say the label."),  # (what revisions of the 135M model began with)
     ("\n\n  **Write the country's capital**  ", "Write the country's capital."),
     ("", None), ("\n\n''\n", None), ("Yes.", None), ("word " * 60, None),
 ])
