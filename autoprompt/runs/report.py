@@ -34,8 +34,9 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
              f"task **{info['task']}** · method **{info['method']}** · model `{info['model']}` · "
              f"state **{info['state']}** · {info['work']} · {format_seconds(info['seconds'])} · seed {info['seed']}", ""]
     lines += prompt_section(run, predictions)
-    lines += ensemble_section(run.result().get("ensemble"))
-    lines += stages_section(run.result().get("stages"), metric)
+    result = run.result()
+    lines += ensemble_section(result.get("ensemble"))
+    lines += stages_section(result.get("stages"), metric)
     lines += [f"## Metrics: {metric}", ""]
     if predictions is None:
         lines += ["This run has no predictions.json (it was made before runs saved them, or did not finish): "
@@ -51,8 +52,9 @@ def write_report(run: Run, *, seed: int = 0) -> Path:
         lines += ["", f"> **Warning:** {warning}."]
     if optimism:
         lines += ["", f"Selection on dev: {optimism}."]
-    if (run.result().get("verdict") or {}).get("reason"):  # (runs made before it: no line)
-        lines += ["", f"Against the baseline on dev: {run.result()['verdict']['reason']}."]
+    verdict = result.get("verdict") or {}
+    if verdict.get("reason"):  # (runs made before it: no line)
+        lines += ["", f"Against the baseline on dev: {verdict['reason']}."]
     if metrics_png(rows, metric, run.path / "metrics.png"):
         lines += ["", "![metrics](metrics.png)"]
     lines += ["", *_confusion_section(run, predictions)]
