@@ -3,9 +3,10 @@
     instruction: ["", "Is this review positive or negative?"]
     layout: ["{instruction}\\n{demos}\\n\\nReview: {text}\\nSentiment:[P]", ...]
     verbalizer: [{negative: [negative], positive: [positive]}, ...]
-    demonstrations: {k: [0, 2, 4], selection: [random, balanced, similar, balanced_similar], order: [shuffled, by_label]}
+    demonstrations: {k: [0, 2, 4], selection: [random, balanced, similar, balanced_similar], order: [shuffled, by_label],
+                     draws: 4}  # draws: how many different samples of train demonstrations the search tries
     chat: [false, true]
-    calibration: [none, contextual]
+    calibration: [none, contextual, batch]
     triggers: [0, 5]
 
 Every dimension is optional (a missing one keeps the task's own choice) and every list must
@@ -31,14 +32,16 @@ if TYPE_CHECKING:
 
 SPACES_DIR = Path(str(files("autoprompt.builtin_spaces")))  # search/ of the repository, installed with the package
 DIMENSIONS = ("instruction", "layout", "verbalizer", "demonstrations", "chat", "calibration", "triggers")
-DEMO_KEYS = ("k", "selection", "order")
+DEMO_KEYS = ("k", "selection", "order", "draws")
 SELECTIONS = ("random", "balanced", "similar", "balanced_similar")
 # "similar": each input is shown the k pool demonstrations nearest to it; "balanced_similar": the nearest
 # of each label in turn, from a pool balanced over the labels (a task without labels: "similar")
 SIMILAR_SELECTIONS = ("similar", "balanced_similar")
 SIMILAR_POOL = 64  # train examples a "similar" prompt keeps to choose each input's demonstrations from
 ORDERS = ("shuffled", "by_label")
-CALIBRATIONS = ("none", "contextual")
+# "contextual": divide out the label distribution of content-free inputs (Zhao et al. 2021); "batch": of a
+# sample of train inputs (Zhou et al. 2024), the labels unread
+CALIBRATIONS = ("none", "contextual", "batch")
 
 
 class SpaceError(TemplateError):
@@ -55,6 +58,7 @@ class SearchSpace:
     k: list[int] = field(default_factory=lambda: [0])
     selection: list[str] = field(default_factory=lambda: ["balanced"])
     order: list[str] = field(default_factory=lambda: ["shuffled"])
+    draws: int = 1  # different seeded samples of demonstrations (for each k and selection) the search chooses from
     chat: list[bool] = field(default_factory=lambda: [False])
     calibration: list[str] = field(default_factory=lambda: ["none"])
     triggers: list[int] = field(default_factory=lambda: [0])
@@ -68,7 +72,7 @@ class SearchSpace:
         if task.verbalizer is not None:
             space.verbalizer = list(self.verbalizer) if self.verbalizer else [dict(task.verbalizer)]
         elif self.builtin:  # a built-in space serves free-form tasks too: calibration is for labels
-            space.calibration = [c for c in self.calibration if c != "contextual"] or ["none"]
+            space.calibration = [c for c in self.calibration if c == "none"] or ["none"]
         space.check(task)
         if task.verbalizer is None:
             space.verbalizer = [None]  # free-form answers: one (empty) verbalizer choice
@@ -95,6 +99,8 @@ class SearchSpace:
         for k in self.k:
             if not isinstance(k, int) or isinstance(k, bool) or k < 0:
                 raise SpaceError(f"{where}: demonstrations.k must be integers >= 0, not {k!r}")
+        if not isinstance(self.draws, int) or isinstance(self.draws, bool) or self.draws < 1:
+            raise SpaceError(f"{where}: demonstrations.draws must be an integer >= 1, not {self.draws!r}")
         for t in self.triggers:
             if not isinstance(t, int) or isinstance(t, bool) or t < 0:
                 raise SpaceError(f"{where}: triggers must be integers >= 0, not {t!r}")
@@ -103,15 +109,16 @@ class SearchSpace:
         _check_choices(where, "calibration", self.calibration, CALIBRATIONS)
         if not all(isinstance(c, bool) for c in self.chat):
             raise SpaceError(f"{where}: chat must be a list of true/false")
-        if "contextual" in self.calibration and not task.verbalizer:
-            raise SpaceError(f"{where}: contextual calibration needs a classification task")
+        for kind in self.calibration:
+            if kind != "none" and not task.verbalizer:
+                raise SpaceError(f"{where}: {kind} calibration needs a classification task")
 
     def size(self) -> int:
         n = 1
         for values in (self.instruction, self.layout, self.verbalizer, self.k, self.selection, self.order,
                        self.chat, self.calibration):
             n *= len(values or [None])
-        return n
+        return n * (self.draws if any(self.k) else 1)
 
 
 def _check_choices(where: str, name: str, values: list[Any], allowed: tuple[str, ...]) -> None:
@@ -188,7 +195,9 @@ def space_from_dict(data: Any, *, source: str = "<dict>") -> SearchSpace:
         unknown = sorted(set(map(str, demos)) - set(DEMO_KEYS))
         if unknown:
             raise SpaceError(f"{source}: unknown demonstrations key(s) {', '.join(unknown)}; known: {', '.join(DEMO_KEYS)}")
-        for name in DEMO_KEYS:
+        if "draws" in demos:
+            space.draws = demos["draws"]
+        for name in ("k", "selection", "order"):
             if name in demos:
                 setattr(space, name, _as_list(demos[name], f"demonstrations.{name}", source))
     return space
@@ -222,11 +231,12 @@ class Choice:
     order: str = "shuffled"
     chat: bool = False
     calibration: str = "none"
+    draw: int = 0  # which seeded sample of demonstrations (0: the run seed's own)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], space: SearchSpace) -> Choice:
         fixed = {"instruction": 0, "layout": 0, "verbalizer": 0, "k": space.k[0], "selection": space.selection[0],
-                 "order": space.order[0], "chat": space.chat[0], "calibration": space.calibration[0]}
+                 "order": space.order[0], "chat": space.chat[0], "calibration": space.calibration[0], "draw": 0}
         return cls(**{**fixed, **params})
 
 
@@ -235,6 +245,7 @@ def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_t
     layout = place_triggers(space.layout[choice.layout], n_triggers)
     demo_k, per_label = 0, False
     labels = list(task.verbalizer or {})
+    seed = seed if not choice.draw else f"{seed}-draw{choice.draw}"  # draw 0: the demonstrations runs always had
     if choice.k and choice.selection in SIMILAR_SELECTIONS:  # a pool; each input gets its k nearest at scoring time
         per_label = choice.selection == "balanced_similar" and bool(labels)
         demos = similar_pool(task.examples("train"), labels if per_label else [], seed=seed)
@@ -247,7 +258,7 @@ def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_t
                   demo_per_label=per_label, chat=choice.chat, fields=tuple(task.fields), generation=task.generation)
 
 
-def similar_pool(train: list[Example], labels: list[str], *, seed: int) -> list[Example]:
+def similar_pool(train: list[Example], labels: list[str], *, seed: int | str) -> list[Example]:
     """The SIMILAR_POOL train examples a "similar" prompt chooses from: a sample, or (``labels``) one
     balanced over them, of train examples with one of those labels."""
     if not labels:
@@ -257,7 +268,7 @@ def similar_pool(train: list[Example], labels: list[str], *, seed: int) -> list[
 
 
 def pick_demonstrations(train: list[Example], k: int, selection: str, order: str, *, labels: list[str],
-                        seed: int) -> list[Example]:
+                        seed: int | str) -> list[Example]:
     """k demonstrations from the train split: ``random``, or ``balanced`` (labels in turn);
     ``shuffled`` order, or ``by_label`` (grouped by label). Same arguments, same demos."""
     rng = random.Random(f"{seed}-{k}-{selection}")

@@ -105,7 +105,7 @@ def prompt_section(run: Run, predictions: dict[str, Any] | None = None) -> list[
     if prompt_file.get("chat"):
         lines.append("chat: wrapped in the model's chat template")
     if prompt_file.get("calibration"):
-        lines.append("calibration: contextual")
+        lines.append("calibration: a label bias divided out (contextual or batch)")
     example = (predictions or {}).get("example")
     if example:
         lines += ["", f"On one {example['split']} example (gold: `{example['answer']}`), the model reads:", "",

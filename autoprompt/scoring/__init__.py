@@ -16,18 +16,21 @@ from autoprompt.scoring.evaluate import Evaluation, combine_evaluations, evaluat
 from autoprompt.scoring.generate import generate, greedy_tokens
 from autoprompt.scoring.prefix import COMMON_PREFIX_MIN, PrefixCache, common_head, head_cache
 from autoprompt.scoring.scores import (
+    BATCH_INPUTS,
     CONTENT_FREE,
+    batch_calibration,
     calibrate,
     content_free_calibration,
     log_normalize,
+    measured_calibration,
     score_labels,
     score_targets,
     task_loss,
 )
 
 __all__ = [
-    "CONTENT_FREE", "COMMON_PREFIX_MIN", "Caches", "DEFAULT_BATCH_TOKENS", "Evaluation", "MAX_ROWS", "PrefixCache",
-    "Queries", "calibrate", "combine_evaluations", "generate", "greedy_tokens", "common_head", "content_free_calibration", "embed_texts", "encode_examples", "evaluate",
-    "head_cache", "label_word_ids", "log_normalize", "nearest_demonstrations", "pack_batches", "pad_right",
+    "BATCH_INPUTS", "CONTENT_FREE", "COMMON_PREFIX_MIN", "Caches", "DEFAULT_BATCH_TOKENS", "Evaluation", "MAX_ROWS", "PrefixCache",
+    "Queries", "batch_calibration", "calibrate", "combine_evaluations", "generate", "greedy_tokens", "common_head", "content_free_calibration", "embed_texts", "encode_examples", "evaluate",
+    "head_cache", "label_word_ids", "log_normalize", "measured_calibration", "nearest_demonstrations", "pack_batches", "pad_right",
     "render_template", "score_labels", "score_targets", "target_ids", "task_loss",
 ]

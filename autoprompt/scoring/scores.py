@@ -3,6 +3,7 @@ and ranks (free-form answers), for one prompt or for many trigger candidates at 
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from autoprompt.prompt import Prompt
 
 CONTENT_FREE = ("N/A", "")
+BATCH_INPUTS = 64  # train inputs whose mean label distribution a batch calibration divides out
 
 
 @cpu_tuned
@@ -73,8 +75,36 @@ def calibrate(scores: np.ndarray, calibration: tuple[float, ...] | np.ndarray) -
 def content_free_calibration(model: LanguageModel, prompt: Prompt, caches: Caches | None = None) -> tuple[float, ...]:
     """The calibration of a classification prompt: the mean label distribution it gives
     content-free inputs (every field "N/A", then every field empty), as log-probs."""
-    raw = replace(prompt, calibration=())
     examples = [Example({f: text for f in prompt.fields}, None, f"content-free {text!r}") for text in CONTENT_FREE]
+    return mean_label_distribution(model, prompt, examples, caches)
+
+
+def batch_calibration(model: LanguageModel, prompt: Prompt, train: list[Example], *, seed: int | str,
+                      caches: Caches | None = None) -> tuple[float, ...]:
+    """Batch calibration (Zhou et al. 2024): the mean label distribution the prompt gives BATCH_INPUTS
+    train inputs (a seeded sample, its own demonstrations left out; their labels are not read), as
+    log-probs. Divided out like the content-free one, it removes the prompt's bias toward a label as
+    real inputs show it, where "N/A" can mislead (many demonstrations, other label words)."""
+    shown = [(d.fields, d.answer) for d in prompt.demonstrations]
+    pool = [e for e in train if (e.fields, e.answer) not in shown]
+    sample = random.Random(f"{seed}-batch-calibration").sample(pool, min(BATCH_INPUTS, len(pool)))
+    return mean_label_distribution(model, prompt, [Example(e.fields, None, e.source) for e in sample], caches)
+
+
+def measured_calibration(model: LanguageModel, prompt: Prompt, kind: str, train: list[Example], *,
+                         seed: int | str, caches: Caches | None = None) -> tuple[float, ...]:
+    """A calibration of a kind ("none", "contextual", "batch") for a classification prompt."""
+    if kind == "contextual":
+        return content_free_calibration(model, prompt, caches)
+    if kind == "batch":
+        return batch_calibration(model, prompt, train, seed=seed, caches=caches)
+    return ()
+
+
+def mean_label_distribution(model: LanguageModel, prompt: Prompt, examples: list[Example],
+                            caches: Caches | None = None) -> tuple[float, ...]:
+    """The uncalibrated prompt's label distribution averaged over inputs, as log-probs."""
+    raw = replace(prompt, calibration=())
     probs = np.exp(log_normalize(score_labels(model, raw, examples, caches=caches))).mean(axis=0)
     return tuple(float(v) for v in np.log(probs))
 

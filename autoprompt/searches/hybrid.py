@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.models.adapters import lora_targets
-from autoprompt.scoring import content_free_calibration, evaluate
+from autoprompt.scoring import evaluate, measured_calibration
 from autoprompt.searches import template as template_method
 from autoprompt.searches.base import Context, Found, Method
 from autoprompt.searches.checkpoint import read_checkpoint
@@ -92,12 +92,17 @@ def _trigger_stage(ctx: Context, cfg: HybridConfig, template: TemplateResult, bu
                                      if e.get("stage") == "trigger" and e.get("step", -1) <= state.step))
     found, state = trigger_search(ctx.model, ctx.task, cfg.trigger, seed=ctx.seed, run=_Stage(ctx.run, "trigger"),
                                   state=state, progress=ctx.progress, base=base, budget=budget)
-    if template.choice.calibration == "contextual":
-        found = dataclasses.replace(found, calibration=content_free_calibration(ctx.model, found))
+    found = dataclasses.replace(found, calibration=_calibration(ctx, template, found))
     found_dev = evaluate(ctx.model, found, ctx.task.examples("dev"), metric=ctx.task.metric)
     metric = ctx.task.metric
     ctx.run.log({"stage": "choice", "template_dev": template.dev[metric], "hybrid_dev": found_dev.metrics[metric]})
     return _choose(ctx, template, found, found_dev, found_dev.metrics, state.step)
+
+
+def _calibration(ctx: Context, template: TemplateResult, prompt) -> tuple[float, ...]:
+    """The template winner's kind of calibration, measured again with the triggers in the prompt."""
+    return measured_calibration(ctx.model, prompt, template.choice.calibration, ctx.task.examples("train"),
+                                seed=ctx.seed)
 
 
 def _choose(ctx: Context, template: TemplateResult, prompt: Prompt, dev: Evaluation | None,
@@ -116,8 +121,7 @@ def _saved_choice(ctx: Context, cfg: HybridConfig, template: TemplateResult) -> 
         return None
     saved = ctx.run.read_json(CHOICE_FILE)
     prompt = with_ids(ctx.model, _base(ctx, cfg, template), saved["trigger_ids"])
-    if template.choice.calibration == "contextual":
-        prompt = dataclasses.replace(prompt, calibration=content_free_calibration(ctx.model, prompt))
+    prompt = dataclasses.replace(prompt, calibration=_calibration(ctx, template, prompt))
     chosen = _choose(ctx, template, prompt, None, saved["trigger_dev"], saved["steps"])
     if chosen.found.info["winner"] != saved["winner"]:
         raise AutoPromptError(f"{ctx.run.path / CHOICE_FILE}: its winner is not the one its dev metrics choose")

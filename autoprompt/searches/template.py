@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from autoprompt.ensemble import Ensemble
 from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.models import fast_twin
-from autoprompt.scoring import Caches, Evaluation, content_free_calibration, evaluate
+from autoprompt.scoring import Caches, Evaluation, evaluate, measured_calibration
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
 from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of
 from autoprompt.searches.proposed import (
@@ -126,7 +126,7 @@ def task_space(cfg: TemplateSearchConfig, task: Task) -> SearchSpace:
 def manual_params(space: SearchSpace) -> dict[str, Any]:
     """The trial params of the task's own prompt (index 0 of the filled-in space)."""
     defaults = {"instruction": 0, "layout": 0, "verbalizer": 0, "k": 0, "selection": space.selection[0],
-                "order": space.order[0], "chat": False, "calibration": "none"}
+                "order": space.order[0], "chat": False, "calibration": "none", "draw": 0}
     return {name: value for name, value in defaults.items() if name in searched(space)}
 
 
@@ -146,8 +146,9 @@ def build_prompt(model: LanguageModel, task: Task, space: SearchSpace, choice: C
                  n_triggers: int = 0, caches: Caches | None = None) -> Prompt:
     """The prompt of a choice for the model, its calibration measured (unless triggers will change it)."""
     prompt = replace(prompt_for(choice, space, task, seed=seed, n_triggers=n_triggers), model=model.ref)
-    if choice.calibration == "contextual" and not n_triggers:
-        prompt = replace(prompt, calibration=content_free_calibration(model, prompt, caches))
+    if not n_triggers:
+        prompt = replace(prompt, calibration=measured_calibration(model, prompt, choice.calibration,
+                                                                  task.examples("train"), seed=seed, caches=caches))
     return prompt
 
 

@@ -61,7 +61,8 @@ def searched(space: SearchSpace) -> dict[str, list[Any]]:
     """The dimensions with a choice, as Optuna categorical choices."""
     dims = {"instruction": list(range(len(space.instruction))), "layout": list(range(len(space.layout))),
             "verbalizer": list(range(len(space.verbalizer))), "k": space.k, "selection": space.selection,
-            "order": space.order, "chat": space.chat, "calibration": space.calibration}
+            "order": space.order, "chat": space.chat, "calibration": space.calibration,
+            "draw": list(range(space.draws)) if any(space.k) else [0]}
     return {name: values for name, values in dims.items() if len(values) > 1}
 
 

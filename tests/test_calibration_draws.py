@@ -1,0 +1,136 @@
+"""Batch calibration (a label bias measured on train inputs) and demonstration draws in the template search."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprompt.optimizer import optimize
+from autoprompt.predict import load_prompt
+from autoprompt.prompt import Prompt
+from autoprompt.prompt_file import read_prompt_file
+from autoprompt.scoring import BATCH_INPUTS, batch_calibration, calibrate, evaluate, log_normalize, score_labels
+from autoprompt.searches.template import WINNER_FILE, TemplateSearchConfig, build_prompt, with_manual_choices
+from autoprompt.space import Choice, SpaceError, load_space, pick_demonstrations, prompt_for, space_from_dict
+from autoprompt.task import Example, Task
+from tests.test_template_search import VERBALIZER, word_task
+
+
+def big_word_task(n_train: int = 100) -> Task:
+    return word_task(n_train=n_train, n_dev=40)
+
+
+# --- batch calibration ------------------------------------------------------------------------
+
+def test_batch_calibration_is_the_mean_label_distribution_of_train_inputs_without_the_demonstrations(causal_lm):
+    task = big_word_task()
+    train = task.examples("train")
+    demos = tuple(train[:3])
+    prompt = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",), demonstrations=demos)
+    cal = batch_calibration(causal_lm, prompt, train, seed=0)
+    assert len(cal) == 2 and np.isclose(np.exp(cal).sum(), 1.0)
+    # the same number from the inputs it says it used: BATCH_INPUTS of train, none of them a demonstration
+    import random
+    pool = [e for e in train if e not in demos]
+    sample = random.Random("0-batch-calibration").sample(pool, BATCH_INPUTS)
+    probs = np.exp(log_normalize(score_labels(causal_lm, prompt, sample))).mean(axis=0)
+    assert np.allclose(cal, np.log(probs))
+    # the labels are never read: the same inputs with every label flipped give the same calibration
+    flipped = [replace(e, answer="negative" if e.answer == "positive" else "positive") for e in train]
+    assert np.allclose(batch_calibration(causal_lm, replace(prompt, demonstrations=()), flipped, seed=0),
+                       batch_calibration(causal_lm, replace(prompt, demonstrations=()), train, seed=0))
+    # deterministic for a seed, another sample for another seed
+    assert batch_calibration(causal_lm, prompt, train, seed=0) == cal
+    assert batch_calibration(causal_lm, prompt, train, seed=1) != cal
+
+
+def test_batch_calibration_evens_out_a_prompt_biased_toward_one_label(causal_lm):
+    """On the inputs it was measured on, the calibrated prompt's mean label distribution is closer to even
+    than the raw prompt's (the point of dividing the bias out)."""
+    task = big_word_task(n_train=BATCH_INPUTS)  # every train input is in the sample
+    prompt = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",))
+    train = task.examples("train")
+    raw = np.exp(log_normalize(score_labels(causal_lm, prompt, train))).mean(axis=0)
+    cal = batch_calibration(causal_lm, prompt, train, seed=0)
+    calibrated = np.exp(calibrate(score_labels(causal_lm, prompt, train), cal)).mean(axis=0)
+    assert abs(raw[0] - 0.5) > 0.01  # the random tiny model is biased (else this test says nothing)
+    assert abs(calibrated[0] - 0.5) < abs(raw[0] - 0.5) / 2
+
+
+# --- the space ----------------------------------------------------------------------------------
+
+def test_the_space_reads_draws_and_batch_calibration_and_rejects_bad_ones(tmp_path):
+    task = word_task()
+    space = space_from_dict({"demonstrations": {"k": [0, 2], "draws": 3}, "calibration": ["none", "batch"]})
+    filled = space.for_task(task)
+    assert filled.draws == 3 and filled.calibration == ["none", "batch"]
+    assert filled.size() == 2 * 2 * 3  # draws count only where k > 0 is a choice
+    assert space_from_dict({"demonstrations": {"k": [0]}}).draws == 1
+    for bad in (0, -1, "4", True, 1.5):
+        with pytest.raises(SpaceError, match="draws must be an integer >= 1"):
+            space_from_dict({"demonstrations": {"draws": bad}}).for_task(task)
+    with pytest.raises(SpaceError, match="'platt' is not one of: none, contextual, batch"):
+        space_from_dict({"calibration": ["platt"]}).for_task(task)
+    free_form = Task(name="free", template="{text} =>[P]", splits={"train": [Example({"text": "a"}, "b")]})
+    with pytest.raises(SpaceError, match="batch calibration needs a classification task"):
+        space_from_dict({"calibration": ["batch"]}).for_task(free_form)
+    # a built-in space serves free-form tasks too: its calibrations are dropped there
+    assert load_space("default").for_task(free_form).calibration == ["none"]
+    assert load_space("default").draws > 1
+
+
+def test_draw_zero_is_the_seeds_own_demonstrations_and_other_draws_are_other_samples():
+    task = big_word_task()
+    space = space_from_dict({"demonstrations": {"k": [4], "selection": ["random"], "draws": 3}}).for_task(task)
+    train, labels = task.examples("train"), list(VERBALIZER)
+    before = pick_demonstrations(train, 4, "random", "shuffled", labels=labels, seed=7)  # what runs always had
+    draws = [prompt_for(Choice(k=4, selection="random", draw=d), space, task, seed=7).demonstrations for d in range(3)]
+    assert list(draws[0]) == before
+    assert len({tuple(e.source for e in d) for d in draws}) == 3
+    assert prompt_for(Choice(k=4, selection="random", draw=2), space, task, seed=7).demonstrations == draws[2]
+
+
+def test_a_batch_calibrated_choice_builds_its_calibration_from_train(causal_lm):
+    task = big_word_task()
+    space = space_from_dict({"demonstrations": {"k": [2]}, "calibration": ["batch"]}).for_task(task)
+    choice = Choice(k=2, calibration="batch")
+    prompt = build_prompt(causal_lm, task, space, choice, seed=3)
+    expected = batch_calibration(causal_lm, replace(prompt, calibration=()), task.examples("train"), seed=3)
+    assert prompt.calibration == expected
+    assert build_prompt(causal_lm, task, space, replace(choice, calibration="none"), seed=3).calibration == ()
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+def test_the_search_tries_draws_and_its_batch_calibrated_winner_predicts_as_it_was_scored(causal_lm, tmp_path: Path):
+    task = big_word_task()
+    # dev labelled against the manual prompt's every answer: any prompt that answers otherwise even once beats it
+    manual = evaluate(causal_lm, Prompt.from_task(task), task.examples("dev")).predictions
+    other = {"negative": "positive", "positive": "negative"}
+    dev = [replace(e, answer=other[p]) for e, p in zip(task.examples("dev"), manual, strict=True)]
+    task = Task(name="against", template=task.template, verbalizer=VERBALIZER,
+                splits={"train": task.examples("train"), "dev": dev, "test": dev[:10]})
+    space = tmp_path / "space.yaml"
+    space.write_text("demonstrations: {k: [2], selection: [random], draws: 3}\ncalibration: [batch]\n", encoding="utf-8")
+    cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=10, rescore_top=2,
+                               trial_dtype="fp32")
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
+                      holdout=0, config=cfg, progress=False)
+    events = [e for e in result.history if e.get("stage") == "template"]
+    assert len({e["params"]["draw"] for e in events}) > 1  # the study chose between draws
+    saved = read_prompt_file(result.prompt_file).prompt
+    won = Choice(**json.loads((result.run_dir / WINNER_FILE).read_text())["choice"])
+    assert (won.k, won.calibration) == (2, "batch")  # (the manual prompt, k 0 uncalibrated, is always wrong)
+    rebuilt = build_prompt(causal_lm, task, with_manual_choices(load_space(str(space)).for_task(task), task), won, seed=0)
+    assert [(d.fields, d.answer) for d in saved.demonstrations] == [(d.fields, d.answer) for d in rebuilt.demonstrations]
+    assert saved.calibration == pytest.approx(rebuilt.calibration)
+    assert len(saved.calibration) == 2
+    dev = task.examples("dev")
+    scored = evaluate(causal_lm, saved, dev)
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(scored.metrics["accuracy"], abs=1e-12)
+    loaded = load_prompt(result.prompt_file, model=causal_lm)
+    assert loaded.predict([e.fields for e in dev]) == scored.predictions
