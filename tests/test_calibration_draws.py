@@ -106,20 +106,30 @@ def test_a_batch_calibrated_choice_builds_its_calibration_from_train(causal_lm):
 
 # --- the search ---------------------------------------------------------------------------------
 
-def test_the_search_tries_draws_and_its_batch_calibrated_winner_predicts_as_it_was_scored(causal_lm, tmp_path: Path):
+def against_the_manual_prompt(model) -> Task:
+    """Dev labelled against the manual prompt's every answer: any prompt that answers otherwise even once beats it."""
     task = big_word_task()
-    # dev labelled against the manual prompt's every answer: any prompt that answers otherwise even once beats it
-    manual = evaluate(causal_lm, Prompt.from_task(task), task.examples("dev")).predictions
+    manual = evaluate(model, Prompt.from_task(task), task.examples("dev")).predictions
     other = {"negative": "positive", "positive": "negative"}
     dev = [replace(e, answer=other[p]) for e, p in zip(task.examples("dev"), manual, strict=True)]
-    task = Task(name="against", template=task.template, verbalizer=VERBALIZER,
+    return Task(name="against", template=task.template, verbalizer=VERBALIZER,
                 splits={"train": task.examples("train"), "dev": dev, "test": dev[:10]})
+
+
+def draws_search(model, tmp_path: Path, **changes):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     space = tmp_path / "space.yaml"
     space.write_text("demonstrations: {k: [2], selection: [random], draws: 3}\ncalibration: [batch]\n", encoding="utf-8")
-    cfg = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=10, rescore_top=2,
-                               trial_dtype="fp32")
-    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
+    cfg = TemplateSearchConfig(**{**dict(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=10,
+                                         rescore_top=2, trial_dtype="fp32"), **changes})
+    task = against_the_manual_prompt(model)
+    result = optimize(task, model, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
                       holdout=0, config=cfg, progress=False)
+    return task, space, result
+
+
+def test_the_search_tries_draws_and_its_batch_calibrated_winner_predicts_as_it_was_scored(causal_lm, tmp_path: Path):
+    task, space, result = draws_search(causal_lm, tmp_path)
     events = [e for e in result.history if e.get("stage") == "template"]
     assert len({e["params"]["draw"] for e in events}) > 1  # the study chose between draws
     saved = read_prompt_file(result.prompt_file).prompt
@@ -134,3 +144,27 @@ def test_the_search_tries_draws_and_its_batch_calibrated_winner_predicts_as_it_w
     assert result.metrics["dev"]["accuracy"] == pytest.approx(scored.metrics["accuracy"], abs=1e-12)
     loaded = load_prompt(result.prompt_file, model=causal_lm)
     assert loaded.predict([e.fields for e in dev]) == scored.predictions
+
+
+def test_an_ensemble_search_scores_the_best_trials_other_draws_as_candidates(causal_lm, tmp_path: Path):
+    """With ensembles, the best trial's choice with each other draw of demonstrations is scored on all of dev and
+    ranked with the trials: an ensemble may average one prompt over several samples of demonstrations."""
+    task, _, single = draws_search(causal_lm, tmp_path / "single")
+    assert not [e for e in single.history if e.get("stage") == "rescore" and "draw" in e]  # only for ensembles
+    task, space, result = draws_search(causal_lm, tmp_path / "ensemble", ensemble_max=4)
+    rescored = [e for e in result.history if e.get("stage") == "rescore"]
+    best_trial = max((e for e in rescored if "draw" not in e), key=lambda e: e["dev"])["trial"]
+    drawn = [e for e in rescored if "draw" in e]
+    best_draw = next(e for e in result.history if e.get("trial") == best_trial and "params" in e)["params"]["draw"]
+    assert {e["draw"] for e in drawn} == set(range(3)) - {best_draw} and {e["trial"] for e in drawn} == {best_trial}
+    ensemble = next(e for e in result.history if e.get("stage") == "ensemble")
+    ranked = [(r["dev"], r.get("draw")) for r in ensemble["ranked"]]
+    assert any(draw is not None for _, draw in ranked)  # they are ensemble candidates
+    assert [d for d, _ in ranked] == sorted((d for d, _ in ranked), reverse=True)
+    # each other draw scored as its own prompt: the dev it logged is that prompt's on dev
+    filled = with_manual_choices(load_space(str(space)).for_task(task), task)
+    parent = Choice(**{**{"k": 2, "selection": "random", "calibration": "batch"},
+                       **next(e for e in result.history if e.get("trial") == best_trial and "params" in e)["params"]})
+    for event in drawn:
+        prompt = build_prompt(causal_lm, task, filled, replace(parent, draw=event["draw"]), seed=0)
+        assert evaluate(causal_lm, prompt, task.examples("dev")).metrics["accuracy"] == pytest.approx(event["dev"])

@@ -43,7 +43,7 @@ from autoprompt.searches.trials import (
     searched,
     trial_counts,
 )
-from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
+from autoprompt.space import SIMILAR_SELECTIONS, Choice, SearchSpace, load_space, prompt_for
 from autoprompt.storage import hold_signals_in, open_storage, requeue_interrupted, study_name, study_storage
 from autoprompt.template import remove_triggers
 
@@ -273,6 +273,8 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     if not rescored:
         raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
     rescored.sort(key=lambda r: r[0], reverse=True)  # (stable: of equal ones, the first in trial order)
+    if cfg.ensemble_max > 1:
+        rescored = _with_draws(ctx, space, rescored, dev, caches)
     _, choice, best = rescored[0]
     if cfg.ensemble_max <= 1:
         return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
@@ -281,6 +283,36 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     members = [ch for _, ch, _ in rescored[: len(chosen.prompt.members)]] if isinstance(chosen.prompt, Ensemble) else []
     return TemplateResult(chosen.prompt, choice, chosen.dev.metrics, trial_counts(study), space, chosen.dev,
                           chosen.info, members)
+
+
+def _with_draws(ctx: Context, space: SearchSpace, rescored: list, dev: list, caches: Caches | None) -> list:
+    """The re-scored trials and, for ensembles, the best one's choice with its demonstrations drawn again
+    (each other draw of the space, scored on all of dev): the same prompt on other examples, so that an
+    ensemble of them averages out which examples one draw happened to show. Ranked with the trials."""
+    (value, trial_value), choice, best = rescored[0]
+    if not choice.k or choice.selection in SIMILAR_SELECTIONS or space.draws < 2:
+        return rescored
+    seen = {c for _, c, _ in rescored}
+    for draw in range(space.draws):
+        sibling = replace(choice, draw=draw)
+        if sibling in seen:
+            continue
+        if ctx.budget.spent():
+            log.info("time budget: the other draws of trial %d are not scored (%s)", best.origin["trial"],
+                     ctx.budget.describe())
+            break
+        try:
+            prompt = build_prompt(ctx.model, ctx.task, space, sibling, seed=ctx.seed, caches=caches)
+            evaluation = evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
+        except InputTooLong as exc:
+            log.warning("draw %d of trial %d is not scored: %s", draw, best.origin["trial"], exc)
+            continue
+        score = evaluation.metrics[ctx.task.metric]
+        ctx.run.log({"stage": "rescore", "trial": best.origin["trial"], "draw": draw, "dev": score})
+        rescored.append(((score, float("-inf")), sibling,
+                         Candidate(prompt, evaluation, {"trial": best.origin["trial"], "draw": draw,
+                                                        "choice": asdict(sibling)})))
+    return sorted(rescored, key=lambda r: r[0], reverse=True)
 
 
 def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, optuna.trial.FrozenTrial] | None:
