@@ -115,7 +115,8 @@ def test_the_template_search_stops_on_its_budget(causal_lm, tmp_path: Path, monk
     spent = iter([False, False, False, True])
     monkeypatch.setattr(Budget, "spent", lambda self: kept.append(self.kept_examples) or next(spent))
     counted = scored_after_search(monkeypatch)
-    cfg = TemplateSearchConfig(space=str(space), trials=9, pruner="none", trial_dev=10, chunk=5, rescore_top=2)
+    cfg = TemplateSearchConfig(space=str(space), trials=9, pruner="none", trial_dev=10, chunk=5, rescore_top=2,
+                               ensemble_max=1)
     result = optimize(task, causal_lm, time_budget=60.0, runs_dir=tmp_path / "runs", method="template", config=cfg,
                       progress=False)
     assert len([e for e in result.history if e.get("stage") == "template"]) == 3

@@ -149,7 +149,7 @@ def test_the_search_tries_draws_and_its_batch_calibrated_winner_predicts_as_it_w
 def test_an_ensemble_search_scores_the_best_trials_other_draws_as_candidates(causal_lm, tmp_path: Path):
     """With ensembles, the best trial's choice with each other draw of demonstrations is scored on all of dev and
     ranked with the trials: an ensemble may average one prompt over several samples of demonstrations."""
-    task, _, single = draws_search(causal_lm, tmp_path / "single")
+    task, _, single = draws_search(causal_lm, tmp_path / "single", ensemble_max=1)
     assert not [e for e in single.history if e.get("stage") == "rescore" and "draw" in e]  # only for ensembles
     task, space, result = draws_search(causal_lm, tmp_path / "ensemble", ensemble_max=4)
     rescored = [e for e in result.history if e.get("stage") == "rescore"]
@@ -168,3 +168,19 @@ def test_an_ensemble_search_scores_the_best_trials_other_draws_as_candidates(cau
     for event in drawn:
         prompt = build_prompt(causal_lm, task, filled, replace(parent, draw=event["draw"]), seed=0)
         assert evaluate(causal_lm, prompt, task.examples("dev")).metrics["accuracy"] == pytest.approx(event["dev"])
+
+
+def test_batch_calibration_of_small_train_splits_and_similar_demonstration_pools(causal_lm):
+    """A "similar" prompt's pool may be all of a small train split: its inputs are still the sample (a pool prompt
+    never shows an input itself); a split of demonstrations only is used whole; no train split: content-free."""
+    from autoprompt.scoring import content_free_calibration
+
+    task = word_task(n_train=20)
+    train = task.examples("train")
+    pool = Prompt(template=task.template, verbalizer=VERBALIZER, fields=("text",), demonstrations=tuple(train), demo_k=2)
+    expected = np.log(np.exp(log_normalize(score_labels(causal_lm, pool, train))).mean(axis=0))
+    assert np.allclose(batch_calibration(causal_lm, pool, train, seed=0), expected)
+    shown = replace(pool, demo_k=0, demonstrations=tuple(train[:4]))
+    assert np.allclose(batch_calibration(causal_lm, shown, train[:4], seed=0),
+                       np.log(np.exp(log_normalize(score_labels(causal_lm, shown, train[:4]))).mean(axis=0)))
+    assert batch_calibration(causal_lm, shown, [], seed=0) == content_free_calibration(causal_lm, shown)

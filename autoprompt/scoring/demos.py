@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 def embed_texts(model: LanguageModel, texts: list[str], batch_tokens: int | None = None) -> torch.Tensor:
     """The model's own embedding of each text: its last hidden states, mean-pooled, unit length. [n, hidden]"""
     ids = [model.renderer.field_ids(t)[: model.max_length] or [model.pad_id] for t in texts]
+    if not ids:
+        return torch.zeros(0, model.hf_model.config.hidden_size)
     out = None
     with torch.inference_mode():
         for batch in pack_batches([len(i) for i in ids], batch_tokens or model.batch_tokens, max_rows=MAX_ROWS):

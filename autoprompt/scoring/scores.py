@@ -85,8 +85,12 @@ def batch_calibration(model: LanguageModel, prompt: Prompt, train: list[Example]
     train inputs (a seeded sample, its own demonstrations left out; their labels are not read), as
     log-probs. Divided out like the content-free one, it removes the prompt's bias toward a label as
     real inputs show it, where "N/A" can mislead (many demonstrations, other label words)."""
+    # (a train split of demonstrations only, as a "similar" prompt's pool can be: all of it, since a pool prompt
+    # never shows an input itself; no train split: the content-free inputs)
     shown = [(d.fields, d.answer) for d in prompt.demonstrations]
-    pool = [e for e in train if (e.fields, e.answer) not in shown]
+    pool = [e for e in train if (e.fields, e.answer) not in shown] or list(train)
+    if not pool:
+        return content_free_calibration(model, prompt, caches)
     sample = random.Random(f"{seed}-batch-calibration").sample(pool, min(BATCH_INPUTS, len(pool)))
     return mean_label_distribution(model, prompt, [Example(e.fields, None, e.source) for e in sample], caches)
 

@@ -6,16 +6,21 @@ the same dev examples that choose k: the ensemble's dev value is as optimistic a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from autoprompt.ensemble import Ensemble, combine_for
+from autoprompt.errors import InputTooLong
 from autoprompt.scoring import combine_evaluations
+from autoprompt.space import SIMILAR_SELECTIONS
 
 if TYPE_CHECKING:
     from autoprompt.data import Example
     from autoprompt.prompt import Prompt
     from autoprompt.scoring import Evaluation
+    from autoprompt.searches.base import Context
+    from autoprompt.space import Choice
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +82,33 @@ def _in_order(prompt: Prompt, labels: list[str]) -> dict[str, Any]:
     order = [prompt.labels.index(label) for label in labels]
     calibration = tuple(prompt.calibration[i] for i in order) if prompt.calibration else ()
     return {"verbalizer": {label: prompt.verbalizer[label] for label in labels}, "calibration": calibration}
+
+
+def with_other_draws(ctx: Context, rescored: list, draws: int,
+                     score: Callable[[Choice], tuple[Prompt, Evaluation]]) -> list:
+    """The re-scored trials ((dev, trial value), choice, Candidate), best first, and the best one's choice with
+    each other demonstration draw of the space, scored on all of dev (``score``): the same prompt shown other
+    train examples, so that an ensemble of them averages out which examples one draw happened to show
+    (a demonstration ensemble). Ranked with the trials (on a tie, after them)."""
+    _, choice, best = rescored[0]
+    if not choice.k or choice.selection in SIMILAR_SELECTIONS or draws < 2:
+        return rescored
+    seen = {c for _, c, _ in rescored}
+    for draw in range(draws):
+        sibling = replace(choice, draw=draw)
+        if sibling in seen:
+            continue
+        if ctx.budget.spent():
+            log.info("time budget: the other draws of trial %d are not scored (%s)", best.origin["trial"],
+                     ctx.budget.describe())
+            break
+        try:
+            prompt, evaluation = score(sibling)
+        except InputTooLong as exc:
+            log.warning("draw %d of trial %d is not scored: %s", draw, best.origin["trial"], exc)
+            continue
+        value = evaluation.metrics[ctx.task.metric]
+        ctx.run.log({"stage": "rescore", "trial": best.origin["trial"], "draw": draw, "dev": value})
+        origin = {"trial": best.origin["trial"], "draw": draw, "choice": asdict(sibling)}
+        rescored.append(((value, float("-inf")), sibling, Candidate(prompt, evaluation, origin)))
+    return sorted(rescored, key=lambda r: r[0], reverse=True)

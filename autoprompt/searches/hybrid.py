@@ -49,6 +49,10 @@ class HybridConfig:
     trigger: TriggerSearchConfig = field(default_factory=TriggerSearchConfig)
     lora: LoraStageConfig = field(default_factory=LoraStageConfig)
 
+    def __post_init__(self) -> None:
+        if self.lora.lora_stage and self.template_search.ensemble_max > 1:  # LoRA trains through one prompt
+            self.template_search = dataclasses.replace(self.template_search, ensemble_max=1)
+
 
 class _Stage:
     """A run whose log lines carry the stage they belong to."""
@@ -164,7 +168,7 @@ def final_examples(task, cfg: HybridConfig) -> int:
 
 def check_settings(task, cfg: HybridConfig) -> None:
     template_method.check_settings(task, cfg.template_search)
-    check_lora_settings(cfg.lora, cfg.template_search.ensemble_max)
+    check_lora_settings(cfg.lora)
 
 
 def check(task, model, cfg: HybridConfig) -> None:

@@ -135,14 +135,13 @@ def lora_best_so_far(ctx: Context, cfg: LoraStageConfig, chosen: Chosen) -> Foun
     return _lora_choice(chosen, tuned, ctx.task.metric)
 
 
-def check_lora_settings(cfg: LoraStageConfig, ensemble_max: int) -> None:
-    """LoRA settings without --lora-stage would do nothing; an ensemble has no one prompt to train through."""
+def check_lora_settings(cfg: LoraStageConfig) -> None:
+    """LoRA settings without --lora-stage would do nothing (with it, the template stage keeps one prompt:
+    ``HybridConfig`` sets its ensemble_max to 1, as an ensemble has no one prompt to train through)."""
     if not cfg.lora_stage:
         defaults = LoraStageConfig()
         given = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)]
         if given:
             raise AutoPromptError(f"--method hybrid uses {', '.join('--' + g.replace('_', '-') for g in given)} "
                                   "only with --lora-stage")
-    elif ensemble_max > 1:
-        raise AutoPromptError("--lora-stage trains through one prompt: --ensemble-max must be 1")
 

@@ -21,7 +21,7 @@ from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.models import fast_twin
 from autoprompt.scoring import Caches, Evaluation, evaluate, measured_calibration
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
-from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of
+from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of, with_other_draws
 from autoprompt.searches.proposed import (
     PROPOSALS_FILE,
     Revision,
@@ -43,7 +43,7 @@ from autoprompt.searches.trials import (
     searched,
     trial_counts,
 )
-from autoprompt.space import SIMILAR_SELECTIONS, Choice, SearchSpace, load_space, prompt_for
+from autoprompt.space import Choice, SearchSpace, load_space, prompt_for
 from autoprompt.storage import hold_signals_in, open_storage, requeue_interrupted, study_name, study_storage
 from autoprompt.template import remove_triggers
 
@@ -77,10 +77,10 @@ class TemplateSearchConfig:
     trial_dev: int | None = opt(200, "Dev examples each trial is scored on; the best few are then re-scored "
                                 "on all of dev (default 200; 0: all of dev).", min=0)
     chunk: int = opt(50, "Dev examples per pruning report.")
-    rescore_top: int = opt(3, "Best trials re-scored on all of dev before the winner is chosen.")
-    ensemble_max: int = opt(1, "Largest prompt ensemble tried: the best k re-scored trials (k = 1..this) combined "
-                            "(label probabilities averaged, generated answers voted), the best k on dev wins, ties "
-                            "to the smaller k; 1: no ensembles.")
+    rescore_top: int = opt(5, "Best trials re-scored on all of dev before the winner is chosen.")
+    ensemble_max: int = opt(5, "Largest prompt ensemble tried: the best k re-scored trials (k = 1..this; the best "
+                            "trial's other demonstration draws among them) combined (label probabilities averaged, "
+                            "generated answers voted), the best k on dev wins, ties to the smaller k; 1: no ensembles.")
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
@@ -260,8 +260,7 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
         choice = Choice.from_params(t.params, space)
         bar.update(len(dev))
         try:
-            prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
-            evaluation = evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
+            prompt, evaluation = _scored(ctx, space, choice, dev, caches)
         except InputTooLong as exc:  # some dev input the trial's sample did not have is too long with it
             log.warning("trial %d is not re-scored: %s", t.number, exc)
             continue
@@ -273,8 +272,8 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     if not rescored:
         raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
     rescored.sort(key=lambda r: r[0], reverse=True)  # (stable: of equal ones, the first in trial order)
-    if cfg.ensemble_max > 1:
-        rescored = _with_draws(ctx, space, rescored, dev, caches)
+    if cfg.ensemble_max > 1:  # the best trial's other demonstration draws join the candidates
+        rescored = with_other_draws(ctx, rescored, space.draws, lambda c: _scored(ctx, space, c, dev, caches))
     _, choice, best = rescored[0]
     if cfg.ensemble_max <= 1:
         return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
@@ -285,34 +284,9 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
                           chosen.info, members)
 
 
-def _with_draws(ctx: Context, space: SearchSpace, rescored: list, dev: list, caches: Caches | None) -> list:
-    """The re-scored trials and, for ensembles, the best one's choice with its demonstrations drawn again
-    (each other draw of the space, scored on all of dev): the same prompt on other examples, so that an
-    ensemble of them averages out which examples one draw happened to show. Ranked with the trials."""
-    (value, trial_value), choice, best = rescored[0]
-    if not choice.k or choice.selection in SIMILAR_SELECTIONS or space.draws < 2:
-        return rescored
-    seen = {c for _, c, _ in rescored}
-    for draw in range(space.draws):
-        sibling = replace(choice, draw=draw)
-        if sibling in seen:
-            continue
-        if ctx.budget.spent():
-            log.info("time budget: the other draws of trial %d are not scored (%s)", best.origin["trial"],
-                     ctx.budget.describe())
-            break
-        try:
-            prompt = build_prompt(ctx.model, ctx.task, space, sibling, seed=ctx.seed, caches=caches)
-            evaluation = evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
-        except InputTooLong as exc:
-            log.warning("draw %d of trial %d is not scored: %s", draw, best.origin["trial"], exc)
-            continue
-        score = evaluation.metrics[ctx.task.metric]
-        ctx.run.log({"stage": "rescore", "trial": best.origin["trial"], "draw": draw, "dev": score})
-        rescored.append(((score, float("-inf")), sibling,
-                         Candidate(prompt, evaluation, {"trial": best.origin["trial"], "draw": draw,
-                                                        "choice": asdict(sibling)})))
-    return sorted(rescored, key=lambda r: r[0], reverse=True)
+def _scored(ctx: Context, space: SearchSpace, choice: Choice, dev: list, caches: Caches | None):
+    prompt = build_prompt(ctx.model, ctx.task, space, choice, seed=ctx.seed, caches=caches)
+    return prompt, evaluate(ctx.model, prompt, dev, metric=ctx.task.metric, caches=caches)
 
 
 def best_trial_prompt(ctx: Context, cfg: TemplateSearchConfig) -> tuple[Prompt, optuna.trial.FrozenTrial] | None:
