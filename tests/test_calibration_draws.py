@@ -184,3 +184,45 @@ def test_batch_calibration_of_small_train_splits_and_similar_demonstration_pools
     assert np.allclose(batch_calibration(causal_lm, shown, train[:4], seed=0),
                        np.log(np.exp(log_normalize(score_labels(causal_lm, shown, train[:4]))).mean(axis=0)))
     assert batch_calibration(causal_lm, shown, [], seed=0) == content_free_calibration(causal_lm, shown)
+
+
+def test_a_hybrid_whose_template_stage_wins_with_an_ensemble_runs_and_ships_the_better_on_dev(causal_lm, tmp_path,
+                                                                                            monkeypatch):
+    """Ensembles are on by default, so the hybrid's template stage may end with one: the trigger stage then runs
+    inside its best member, and the run ships whichever of the two is better on dev, a prompt file that loads."""
+    from autoprompt.ensemble import Ensemble
+    from autoprompt.scoring import combine_evaluations
+    from autoprompt.searches import ensembles, template as template_module
+    from autoprompt.searches.hybrid import HybridConfig
+    from autoprompt.searches.trigger import TriggerSearchConfig
+
+    real = ensembles.choose_ensemble
+
+    def two_together(ranked, dev, metric, ensemble_max):  # the ensemble of the best two wins, better or not
+        chosen = real(ranked, dev, metric, ensemble_max)
+        chosen.prompt = ensembles.ensemble_of([c.prompt for c in ranked[:2]])
+        chosen.dev = combine_evaluations(chosen.prompt, [c.dev for c in ranked[:2]], dev, metric)
+        chosen.info["ensemble"]["k"] = 2
+        return chosen
+
+    monkeypatch.setattr(template_module, "choose_ensemble", two_together)
+
+    task = against_the_manual_prompt(causal_lm)
+    space = tmp_path / "space.yaml"
+    space.write_text("layout: ['{text} [T] =>[P]']\ndemonstrations: {k: [2], selection: [random], draws: 3}\n"
+                     "calibration: [batch]\ntriggers: [2]\n", encoding="utf-8")
+    template = TemplateSearchConfig(space=str(space), trials=6, pruner="none", trial_dev=0, chunk=10, rescore_top=2,
+                                    trial_dtype="fp32", ensemble_max=4)
+    trigger = TriggerSearchConfig(steps=2, dev_every=1, grad_batch=4, eval_batch=4, confirm_batch=0, top_k=4)
+    result = optimize(task, causal_lm, seed=0, runs_dir=tmp_path / "runs", method="hybrid", confidence=0, holdout=0,
+                      config=HybridConfig(template, trigger), progress=False)
+    ensemble = next(e for e in result.history if e.get("stage") == "ensemble")
+    choice = next(e for e in result.history if e.get("stage") == "choice")
+    assert ensemble["k"] == 2
+    assert choice["template_dev"] == pytest.approx(next(c["dev"] for c in ensemble["candidates"] if c["k"] == 2))
+    shipped = load_prompt(result.prompt_file, model=causal_lm)
+    dev = task.examples("dev")
+    expected = max(choice["template_dev"], choice["hybrid_dev"])
+    assert result.metrics["dev"]["accuracy"] == pytest.approx(expected)
+    assert isinstance(result.prompt, Ensemble) == (choice["hybrid_dev"] <= choice["template_dev"])
+    assert shipped.predict([e.fields for e in dev]) == evaluate(causal_lm, result.prompt, dev).predictions
