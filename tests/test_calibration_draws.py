@@ -192,7 +192,8 @@ def test_a_hybrid_whose_template_stage_wins_with_an_ensemble_runs_and_ships_the_
     inside its best member, and the run ships whichever of the two is better on dev, a prompt file that loads."""
     from autoprompt.ensemble import Ensemble
     from autoprompt.scoring import combine_evaluations
-    from autoprompt.searches import ensembles, template as template_module
+    from autoprompt.searches import ensembles
+    from autoprompt.searches import template as template_module
     from autoprompt.searches.hybrid import HybridConfig
     from autoprompt.searches.trigger import TriggerSearchConfig
 
