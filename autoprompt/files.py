@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.signals import signals_held
 
 
 def cache_dir() -> Path:
@@ -23,7 +24,13 @@ def cache_dir() -> Path:
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write text (or bytes: an adapter's tensors) so that readers see the old file or the new one,
-    never half of one."""
+    never half of one. Ctrl-C or SIGTERM during the write takes effect once it is done (a signal just
+    after the temporary file was made left it behind)."""
+    with signals_held():
+        _write_atomic(path, text)
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -22,8 +22,6 @@ import datetime
 import functools
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.redaction import REDACTED, redact_text, redact_url
+from autoprompt.signals import signals_held
 
 if TYPE_CHECKING:
     import optuna
@@ -44,59 +43,6 @@ SQLITE_BUSY_TIMEOUT = 60  # seconds a SQLite write waits for another worker's lo
 # a running trial that never sent a heartbeat (its worker died between ask and the first beat;
 # Optuna would leave it RUNNING forever) is failed this many seconds after it started
 NO_HEARTBEAT_GRACE = 60
-
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _Hold:
-    depth = 0  # nested held blocks (main thread only)
-    pending: list[int] = []
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Ctrl-C and SIGTERM that come while the block runs are raised when it ends (in the main
-    thread, where Python runs signal handlers; elsewhere, and when a handler was not set from
-    Python, the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if _Hold.depth:
-        _Hold.depth += 1
-        try:
-            yield
-        finally:
-            _Hold.depth -= 1
-        return
-    saved = {s: signal.getsignal(s) for s in _HELD_SIGNALS}
-    if None in saved.values():
-        yield
-        return
-    _Hold.pending = []
-    for s in _HELD_SIGNALS:
-        signal.signal(s, _hold)
-    _Hold.depth = 1
-    try:
-        yield
-    finally:
-        _Hold.depth = 0
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(_Hold.pending):  # each once, in the order they came
-            _deliver(s, saved[s])
-
-
-def _hold(signum: int, frame) -> None:
-    _Hold.pending.append(signum)
-
-
-def _deliver(signum: int, handler) -> None:
-    if callable(handler):
-        handler(signum, sys._getframe(1))  # Python's SIGINT handler raises KeyboardInterrupt
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(signum)
-    # SIG_IGN: ignored, as it would have been
-
 
 def _held(method):
     @functools.wraps(method)

@@ -296,3 +296,26 @@ def test_atomic_writes_sync_the_file_and_its_folder(tmp_path, monkeypatch) -> No
     assert synced == [False, True]
     assert (tmp_path / "a.json").read_text(encoding="utf-8") == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_ctrl_c_during_an_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch) -> None:
+    """A signal that comes just after the temporary file is made (an interrupted hybrid once left a
+    `.checkpoint.json.*.tmp` behind) takes effect once the write is done: the new file, no temporary one."""
+    import signal
+    import tempfile
+
+    from autoprompt.files import write_atomic
+
+    real = tempfile.mkstemp
+
+    def made_then_interrupted(*args, **kwargs):
+        made = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # Python's handler raises KeyboardInterrupt at the next bytecode
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", made_then_interrupted)
+    (tmp_path / "a.json").write_text("old", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "a.json", "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == "new"
