@@ -67,7 +67,7 @@ def check_study(study: optuna.Study, setup: Path, trials: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_four_workers_one_killed_mid_trial(kind: str, study_setup: Path, tiny_causal_dir: Path) -> None:  # noqa: F811
-    trials = 12
+    trials = 36  # a window of several seconds to catch a worker mid-trial, even on a loaded machine
     name = f"kill-{os.getpid()}-{time.time_ns()}"
     url = storage_url(kind, study_setup)
     procs = start_workers(study_setup, tiny_causal_dir, url, name, trials)
