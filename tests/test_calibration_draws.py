@@ -199,8 +199,8 @@ def test_a_hybrid_whose_template_stage_wins_with_an_ensemble_runs_and_ships_the_
 
     real = ensembles.choose_ensemble
 
-    def two_together(ranked, dev, metric, ensemble_max):  # the ensemble of the best two wins, better or not
-        chosen = real(ranked, dev, metric, ensemble_max)
+    def two_together(ranked, dev, metric, ensemble_max, **settings):  # the ensemble of the best two wins, better or not
+        chosen = real(ranked, dev, metric, ensemble_max, **settings)
         chosen.prompt = ensembles.ensemble_of([c.prompt for c in ranked[:2]])
         chosen.dev = combine_evaluations(chosen.prompt, [c.dev for c in ranked[:2]], dev, metric)
         chosen.info["ensemble"]["k"] = 2

@@ -201,6 +201,42 @@ def test_the_best_prompt_alone_is_chosen_when_no_ensemble_beats_it() -> None:
     assert choose_ensemble([best, other], DEV, "accuracy", 1).info["ensemble"]["candidates"] == [{"k": 1, "dev": 0.75}]
 
 
+def _on(gold: list[str], right: set[int], trial: int) -> Candidate:
+    """A label prompt on ``gold`` ("a"/"b") that is right exactly on the examples in ``right`` (surely, p = 0.9)."""
+    p_a = [(0.9 if g == "a" else 0.1) if i in right else (0.1 if g == "a" else 0.9) for i, g in enumerate(gold)]
+    predicted = ["a" if p > 0.5 else "b" for p in p_a]
+    accuracy = float(np.mean([p == g for p, g in zip(predicted, gold, strict=True)]))
+    prompt = Prompt(template=f"{trial} {{text}}[P]", verbalizer={"a": ["yes"], "b": ["no"]}, fields=("text",))
+    probs = np.array([[p, 1 - p] for p in p_a])
+    return Candidate(prompt, Evaluation({"accuracy": accuracy}, predicted, label_log_probs=np.log(probs), labels=["a", "b"]),
+                     {"trial": trial})
+
+
+@pytest.mark.parametrize("gain", [1, 12])
+def test_an_ensemble_needs_a_dev_gain_over_the_best_prompt_that_dev_supports(gain: int) -> None:
+    """60 dev examples; the best prompt is right on 40, and the three best together (each example goes the way two
+    of them go) on 40 + ``gain``: one example more is no gain the data supports, so the best prompt stays alone
+    (one pass per input, not three); twelve more are."""
+    gold = ["a" if i % 2 else "b" for i in range(60)]
+    dev = [Example({"text": str(i)}, g, f"dev:{i}") for i, g in enumerate(gold)]
+    base, extra = set(range(40)), set(range(40, 40 + gain))
+    best = _on(gold, base, 1)
+    second = _on(gold, (base - {0, 1, 2, 3}) | extra, 2)  # the two together: right on the 40 but 0-3, and on extra
+    third = _on(gold, base | extra, 3)
+    assert best.dev.metrics["accuracy"] == pytest.approx(40 / 60)
+    chosen = choose_ensemble([best, second, third], dev, "accuracy", 3, confidence=0.95, seed=0)
+    rows = chosen.info["ensemble"]["candidates"]
+    assert rows[2]["dev"] == pytest.approx((40 + gain) / 60) and chosen.info["ensemble"]["confidence"] == 0.95
+    if gain == 1:
+        assert chosen.prompt is best.prompt and chosen.info["ensemble"]["k"] == 1
+        assert rows[2]["supported"] is False and rows[2]["gain_low"] <= 0
+    else:
+        assert isinstance(chosen.prompt, Ensemble) and chosen.info["ensemble"]["k"] == 3
+        assert rows[2]["supported"] is True and rows[2]["gain_low"] > 0
+    # confidence 0: any gain, as before (the one example more wins too)
+    assert choose_ensemble([best, second, third], dev, "accuracy", 3).info["ensemble"]["k"] == 3
+
+
 def test_first_token_prompts_are_not_ensembled() -> None:
     prompt = Prompt(template="{text} is a[P]", fields=("text",))
     ranks = Evaluation({"precision@1": 0.5}, ["x", "y"], target_ranks=np.array([0, 3]))

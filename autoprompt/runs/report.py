@@ -123,13 +123,15 @@ def ensemble_section(info: dict[str, Any] | None) -> list[str]:
     k, metric = info["k"], info.get("metric", "metric")
     lines = ["## Ensemble", "",
              f"The best {len(info['ranked'])} prompts of the search on dev, and their ensembles of the best k "
-             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller): **k = {k}**"
+             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller), an ensemble only for a "
+             f"gain over the best prompt alone that dev supports: **k = {k}**"
              + (" (the best prompt alone)." if k == 1 else "."), "",
              "| rank k | trial | its dev " + metric + " alone | the best k together: dev " + metric + " |", "|---|---|---|---|"]
     for n, (member, row) in enumerate(zip(info["ranked"], info["candidates"], strict=False), 1):
         mark = " ✓" if row["k"] == k else ""
+        unsupported = " (gain not supported)" if row.get("supported") is False else ""
         lines.append(f"| {n}{' (member)' if n <= k else ''} | {member.get('trial', '')} | {format_value(member['dev'])} "
-                     f"| {format_value(row['dev'])}{mark} |")
+                     f"| {format_value(row['dev'])}{unsupported}{mark} |")
     return lines + ["", f"Note: {info['note']}.", ""]
 
 

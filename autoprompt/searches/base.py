@@ -56,6 +56,7 @@ class Context:
     progress: bool = True
     resume: bool = False  # continue what the run folder holds
     verdict: dict[str, Any] | None = None  # the found prompt against the baseline on dev (optimize's, after the search)
+    confidence: float = 0.0  # a dev gain must be above zero with it: an ensemble's over its best member (optimize's)
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Choosing a search's ensemble on dev: the best k prompts of a search (best first, each already scored
 on all of dev) combined, for k = 1 up to ``ensemble_max``; the best k on dev wins, ties to the smaller
-k, so a single prompt stays the answer whenever an ensemble does not beat it. The members were ranked on
-the same dev examples that choose k: the ensemble's dev value is as optimistic as a single winner's."""
+k, so a single prompt stays the answer whenever an ensemble does not beat it. An ensemble of k prompts
+costs k passes per input in production, so it replaces the best prompt alone only for a dev gain the data
+supports: above zero with the run's confidence, paired bootstrap over the same dev examples (the rule that
+keeps a task's own prompt, selection.judge). The members were ranked on the same dev examples that choose
+k: the ensemble's dev value is as optimistic as a single winner's."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from autoprompt.ensemble import Ensemble, combine_for
 from autoprompt.errors import InputTooLong
+from autoprompt.runs.predictions import side
 from autoprompt.scoring import combine_evaluations
+from autoprompt.selection import judge
 from autoprompt.space import SIMILAR_SELECTIONS
 
 if TYPE_CHECKING:
@@ -46,25 +51,32 @@ class Chosen:
     info: dict[str, Any]
 
 
-def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, ensemble_max: int) -> Chosen:
-    """The best of the ensembles of the best k of ``ranked`` (best first) on ``dev``, k = 1..ensemble_max."""
+def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, ensemble_max: int, *,
+                    confidence: float = 0.0, seed: int = 0) -> Chosen:
+    """The best of the ensembles of the best k of ``ranked`` (best first) on ``dev``, k = 1..ensemble_max; an
+    ensemble only when its gain over the best prompt alone is supported with ``confidence`` (0: any gain)."""
     best = ranked[0]
     if not (best.prompt.is_classification or best.prompt.generation is not None):
         log.info("ensembles are for label and generation prompts; a first-token prompt is not ensembled")
         return Chosen(best.prompt, best.dev, {"ensemble": {"k": 1, "skipped": "first-token prompts are not ensembled"}})
-    rows = [{"k": 1, "dev": best.dev.metrics[metric]}]
+    rows: list[dict[str, Any]] = [{"k": 1, "dev": best.dev.metrics[metric]}]
     chosen = Chosen(best.prompt, best.dev, {})
     for k in range(2, min(ensemble_max, len(ranked)) + 1):
         ensemble = ensemble_of([c.prompt for c in ranked[:k]])
         evaluation = combine_evaluations(ensemble, [c.dev for c in ranked[:k]], dev, metric)
-        rows.append({"k": k, "dev": evaluation.metrics[metric]})
-        if evaluation.metrics[metric] > chosen.dev.metrics[metric]:  # strictly better: ties keep the smaller k
-            chosen = Chosen(ensemble, evaluation, {})
+        row = {"k": k, "dev": evaluation.metrics[metric]}
+        if confidence > 0 and evaluation.metrics[metric] > best.dev.metrics[metric]:
+            verdict = judge(metric, [e.answer for e in dev], side(evaluation), side(best.dev),
+                            labels=evaluation.labels or None, confidence=confidence, seed=seed)
+            row |= {"gain_low": verdict.gain_low, "supported": verdict.keep_found}
+        rows.append(row)
+        if evaluation.metrics[metric] > chosen.dev.metrics[metric] and row.get("supported", True):
+            chosen = Chosen(ensemble, evaluation, {})  # (strictly better: ties keep the smaller k)
     k = len(chosen.prompt.members) if isinstance(chosen.prompt, Ensemble) else 1
     chosen.info = {"ensemble": {
         "k": k, "combine": combine_for(best.prompt), "metric": metric,
         "ranked": [{**c.origin, "dev": c.dev.metrics[metric]} for c in ranked[:len(rows)]],  # the first k are its members
-        "candidates": rows, "note": NOTE}}
+        "candidates": rows, "confidence": confidence, "note": NOTE}}
     log.info("ensemble of the best k on dev: %s -> k = %d", ", ".join(f"k={r['k']}: {r['dev']:.4f}" for r in rows), k)
     return chosen
 

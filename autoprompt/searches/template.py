@@ -277,7 +277,8 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     _, choice, best = rescored[0]
     if cfg.ensemble_max <= 1:
         return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
-    chosen = choose_ensemble([c for _, _, c in rescored], dev, ctx.task.metric, cfg.ensemble_max)
+    chosen = choose_ensemble([c for _, _, c in rescored], dev, ctx.task.metric, cfg.ensemble_max,
+                             confidence=ctx.confidence, seed=ctx.seed)
     ctx.run.log({"stage": "ensemble", **chosen.info["ensemble"]})
     members = [ch for _, ch, _ in rescored[: len(chosen.prompt.members)]] if isinstance(chosen.prompt, Ensemble) else []
     return TemplateResult(chosen.prompt, choice, chosen.dev.metrics, trial_counts(study), space, chosen.dev,
