@@ -109,8 +109,7 @@ def optimize(task: Task | str | os.PathLike, model: LanguageModel | str = DEFAUL
                                       search_labels, runs_dir)
     searched_task = hold_out(searched_task, holdout)
     spec = METHODS[method]
-    ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None,
-                  confidence=confidence)
+    ctx = Context(searched_task, model, run, seed, Budget(time_budget), progress, resume=resume is not None)
     baseline = dataclasses.replace(Prompt.from_task(dataclasses.replace(task, template=searched_task.template)),
                                    model=model.ref)  # (the template a resumed run was given)
     ctx.budget.keep_for(budgeted_examples(spec, config, model, baseline, searched_task, seed))

@@ -273,6 +273,20 @@ def test_the_template_search_chooses_k_on_dev_and_saves_the_ensemble(causal_lm, 
     assert "## Ensemble" in report and "same dev examples" in report
 
 
+def test_ensemble_confidence_makes_the_search_ask_an_ensemble_for_a_supported_gain(causal_lm, tmp_path: Path) -> None:
+    """--ensemble-confidence reaches the choice: every ensemble better on dev than the best prompt alone is judged
+    (its lower end recorded), only a supported one can win, and the run and its report say with what confidence."""
+    result = optimize(word_task(), causal_lm, seed=0, runs_dir=tmp_path / "runs", method="template", confidence=0,
+                      config=_config(tmp_path, ensemble_confidence=0.99), progress=False)
+    info = json.loads((result.run_dir / "result.json").read_text())["ensemble"]
+    assert info["confidence"] == 0.99
+    first, rows = info["candidates"][0], info["candidates"][1:]
+    assert all(("supported" in row) == (row["dev"] > first["dev"]) for row in rows)
+    assert info["k"] == 1 or info["candidates"][info["k"] - 1]["supported"] is True
+    assert "99% confidence" in (result.run_dir / "report.md").read_text(encoding="utf-8")
+    assert json.loads((result.run_dir / "config.json").read_text())["template_search"]["ensemble_confidence"] == 0.99
+
+
 def test_an_ensemble_won_by_the_search_is_the_runs_prompt(causal_lm, tmp_path: Path, monkeypatch) -> None:
     """When the ensemble is better on dev (here: made so, the combined dev accuracy raised), the run's prompt,
     its prompt file, its final scores and its predictor are the ensemble's; the verdict judges it."""

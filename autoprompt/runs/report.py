@@ -123,8 +123,9 @@ def ensemble_section(info: dict[str, Any] | None) -> list[str]:
     k, metric = info["k"], info.get("metric", "metric")
     lines = ["## Ensemble", "",
              f"The best {len(info['ranked'])} prompts of the search on dev, and their ensembles of the best k "
-             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller), an ensemble only for a "
-             f"gain over the best prompt alone that dev supports: **k = {k}**"
+             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller"
+             + (f"; an ensemble only for a gain over the best prompt alone that dev supports with "
+                f"{info['confidence']:.0%} confidence" if info.get("confidence") else "") + f"): **k = {k}**"
              + (" (the best prompt alone)." if k == 1 else "."), "",
              "| rank k | trial | its dev " + metric + " alone | the best k together: dev " + metric + " |", "|---|---|---|---|"]
     for n, (member, row) in enumerate(zip(info["ranked"], info["candidates"], strict=False), 1):

@@ -39,8 +39,7 @@ class RunSettings:
     time_budget: float | None = opt(None, "Seconds for the whole run (10m, 1h): the search stops early enough "
                                     "to leave time for the scoring after it.")
     confidence: float = opt(0.95, "The found prompt replaces the task's own only when its gain on dev is above zero "
-                            "with this confidence (paired bootstrap; 0: any gain); an ensemble replaces its best "
-                            "prompt alone the same way.", min=0)
+                            "with this confidence (paired bootstrap; 0: any gain).", min=0)
     holdout: float = opt(DEFAULT_HOLDOUT, "Share of dev the search never sees: both prompts are scored on it after the choice, "
                          "beside dev, so the optimism of choosing on dev shows before test (0: none).", min=0)
 
@@ -57,7 +56,6 @@ class Context:
     progress: bool = True
     resume: bool = False  # continue what the run folder holds
     verdict: dict[str, Any] | None = None  # the found prompt against the baseline on dev (optimize's, after the search)
-    confidence: float = 0.0  # a dev gain must be above zero with it: an ensemble's over its best member (optimize's)
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Choosing a search's ensemble on dev: the best k prompts of a search (best first, each already scored
 on all of dev) combined, for k = 1 up to ``ensemble_max``; the best k on dev wins, ties to the smaller
 k, so a single prompt stays the answer whenever an ensemble does not beat it. An ensemble of k prompts
-costs k passes per input in production, so it replaces the best prompt alone only for a dev gain the data
-supports: above zero with the run's confidence, paired bootstrap over the same dev examples (the rule that
-keeps a task's own prompt, selection.judge). The members were ranked on the same dev examples that choose
-k: the ensemble's dev value is as optimistic as a single winner's."""
+costs k passes per input in production; with a ``confidence`` it replaces the best prompt alone only for a
+dev gain the data supports, paired bootstrap over the same dev examples (the rule that keeps a task's own
+prompt, selection.judge). The members were ranked on the same dev examples that choose k: the ensemble's
+dev value is as optimistic as a single winner's."""
 
 from __future__ import annotations
 

@@ -81,6 +81,9 @@ class TemplateSearchConfig:
     ensemble_max: int = opt(5, "Largest prompt ensemble tried: the best k re-scored trials (k = 1..this; the best "
                             "trial's other demonstration draws among them) combined (label probabilities averaged, "
                             "generated answers voted), the best k on dev wins, ties to the smaller k; 1: no ensembles.")
+    ensemble_confidence: float = opt(0.0, "An ensemble replaces the best prompt alone only when its dev gain over it is "
+                                     "above zero with this confidence (paired bootstrap, as --confidence): k prompts "
+                                     "cost k passes per input. 0: any gain (a stricter rule cost test accuracy, README).")
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
@@ -278,7 +281,7 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     if cfg.ensemble_max <= 1:
         return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
     chosen = choose_ensemble([c for _, _, c in rescored], dev, ctx.task.metric, cfg.ensemble_max,
-                             confidence=ctx.confidence, seed=ctx.seed)
+                             confidence=cfg.ensemble_confidence, seed=ctx.seed)
     ctx.run.log({"stage": "ensemble", **chosen.info["ensemble"]})
     members = [ch for _, ch, _ in rescored[: len(chosen.prompt.members)]] if isinstance(chosen.prompt, Ensemble) else []
     return TemplateResult(chosen.prompt, choice, chosen.dev.metrics, trial_counts(study), space, chosen.dev,
