@@ -221,7 +221,7 @@ def test_an_ensemble_needs_a_dev_gain_over_the_best_prompt_that_dev_supports(gai
     dev = [Example({"text": str(i)}, g, f"dev:{i}") for i, g in enumerate(gold)]
     base, extra = set(range(40)), set(range(40, 40 + gain))
     best = _on(gold, base, 1)
-    second = _on(gold, (base - {0, 1, 2, 3}) | extra, 2)  # the two together: right on the 40 but 0-3, and on extra
+    second = _on(gold, (base - {0, 1, 2, 3}) | extra, 2)  # right on the 40 but 0-3, and on the extra ones
     third = _on(gold, base | extra, 3)
     assert best.dev.metrics["accuracy"] == pytest.approx(40 / 60)
     chosen = choose_ensemble([best, second, third], dev, "accuracy", 3, confidence=0.95, seed=0)
