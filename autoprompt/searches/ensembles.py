@@ -60,13 +60,13 @@ def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, en
         log.info("ensembles are for label and generation prompts; a first-token prompt is not ensembled")
         return Chosen(best.prompt, best.dev, {"ensemble": {"k": 1, "skipped": "first-token prompts are not ensembled"}})
     rows: list[dict[str, Any]] = [{"k": 1, "dev": best.dev.metrics[metric]}]
-    chosen = Chosen(best.prompt, best.dev, {})
+    chosen, gold = Chosen(best.prompt, best.dev, {}), [e.answer for e in dev]
     for k in range(2, min(ensemble_max, len(ranked)) + 1):
         ensemble = ensemble_of([c.prompt for c in ranked[:k]])
         evaluation = combine_evaluations(ensemble, [c.dev for c in ranked[:k]], dev, metric)
         row = {"k": k, "dev": evaluation.metrics[metric]}
         if confidence > 0 and evaluation.metrics[metric] > best.dev.metrics[metric]:
-            verdict = judge(metric, [e.answer for e in dev], side(evaluation), side(best.dev),
+            verdict = judge(metric, gold, side(evaluation), side(best.dev),
                             labels=evaluation.labels or None, confidence=confidence, seed=seed)
             row |= {"gain_low": verdict.gain_low, "supported": verdict.keep_found}
         rows.append(row)
