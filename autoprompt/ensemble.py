@@ -1,6 +1,7 @@
 """Prompt ensembles: a few prompts for one task whose answers are combined (PET's ensembles of
 patterns). Label prompts average their calibrated label probabilities (``mean_probs``); generation
-prompts vote over their normalised answers (``vote``; a tie goes to the best member's answer).
+prompts vote over their normalised answers (``vote``; a tie goes to the best member's answer);
+first-token prompts average the probabilities of their likeliest answer words (``mean_answer_probs``).
 Members come best first: a search ranks them on dev. Pure: no model here (scoring combines the
 members' scores with the functions below)."""
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from autoprompt.answers import Generation
     from autoprompt.prompt import ModelRef, Prompt
 
-COMBINES = ("mean_probs", "vote")
+COMBINES = ("mean_probs", "vote", "mean_answer_probs")
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,10 @@ class Ensemble:
 
 
 def combine_for(prompt: Prompt) -> str:
-    """How answers of prompts like this one are combined; a first-token (free-form word) prompt has no way."""
+    """How answers of prompts like this one are combined."""
     if prompt.is_classification:
         return "mean_probs"
-    if prompt.generation is not None:
-        return "vote"
-    raise TemplateError("prompts that answer with one free-form word (precision@1) are not ensembled: "
-                        "only label prompts (mean_probs) and generation prompts (vote)")
+    return "vote" if prompt.generation is not None else "mean_answer_probs"
 
 
 def ensemble_problem(members: Sequence[Prompt], combine: str) -> str | None:
@@ -92,6 +90,8 @@ def ensemble_problem(members: Sequence[Prompt], combine: str) -> str | None:
             return f"member {n}: mean_probs needs label prompts with the same labels in the same order ({best.labels})"
         if combine == "vote" and member.generation is None:
             return f"member {n}: vote needs prompts that generate their answers"
+        if combine == "mean_answer_probs" and (member.is_classification or member.generation is not None):
+            return f"member {n}: mean_answer_probs needs prompts that answer with one free-form word (no labels)"
         if member.model != best.model or tuple(member.fields) != tuple(best.fields):
             return f"member {n}: every member must be for the same model and the same input fields"
     return None
@@ -118,4 +118,17 @@ def vote(member_answers: Sequence[Sequence[str]], steps: Sequence[str] = DEFAULT
         counts = Counter(said)
         most = max(counts.values())
         out.append(next(a for a, s in zip(answers, said, strict=True) if counts[s] == most))
+    return out
+
+
+def mean_answer_probs(member_words: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
+    """Per example, each answer word's probability averaged over the members (a word outside a member's
+    top answers counts 0 for it), likeliest first; [members][n] {word: p} -> [n] {word: p}."""
+    out = []
+    for words in zip(*member_words, strict=True):
+        total: dict[str, float] = {}
+        for member in words:
+            for word, p in member.items():
+                total[word] = total.get(word, 0.0) + p / len(words)
+        out.append(dict(sorted(total.items(), key=lambda item: (-item[1], item[0]))))
     return out

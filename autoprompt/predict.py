@@ -11,13 +11,21 @@ from typing import Any
 import numpy as np
 
 from autoprompt.data import Example
-from autoprompt.ensemble import Ensemble, label_probs, mean_probs, vote
+from autoprompt.ensemble import Ensemble, label_probs, mean_answer_probs, mean_probs, vote
 from autoprompt.errors import ModelError, PromptFileError, TemplateError
 from autoprompt.models import LanguageModel, load_model
 from autoprompt.models.adapters import bind
 from autoprompt.prompt import Prompt
 from autoprompt.prompt_file import PromptFile, read_prompt_file, save_prompt_file
-from autoprompt.scoring import Caches, generate, nearest_demonstrations, render_template, score_labels, score_targets
+from autoprompt.scoring import (
+    Caches,
+    answer_words,
+    generate,
+    nearest_demonstrations,
+    render_template,
+    score_labels,
+    score_targets,
+)
 from autoprompt.template import fill_template
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,10 @@ class Predictor:
         elif self.prompt.generation is not None:  # the answer the model generates (an ensemble's vote)
             answers = [generate(model, prompt, examples, caches=caches) for (model, prompt), caches in self._members]
             out = answers[0] if len(answers) == 1 else vote(answers, self.prompt.generation.normalize)
+        elif len(self._members) > 1:  # a first-token ensemble: the likeliest word of its members' mean
+            words = [answer_words(model, prompt, [_with_answer(e) for e in examples], caches=caches)[3]
+                     for (model, prompt), caches in self._members]
+            out = [next(iter(w)) for w in mean_answer_probs(words)]
         else:
             (model, prompt), caches = self._members[0]
             _, _, top = score_targets(model, prompt, [_with_answer(e) for e in examples], caches=caches)

@@ -98,8 +98,10 @@ def test_what_is_no_ensemble_is_refused(causal_lm) -> None:
     with pytest.raises(TemplateError, match="vote needs"):
         Ensemble(tuple(gens[:1] + labels[:1]), "vote")
     first_token = Prompt(template="{text} is a[P]", model=causal_lm.ref, fields=("text",))
-    with pytest.raises(TemplateError, match="not ensembled"):
-        Ensemble.of([first_token, first_token])
+    with pytest.raises(TemplateError, match="mean_answer_probs needs"):
+        Ensemble((first_token, labels[0]), "mean_answer_probs")
+    with pytest.raises(TemplateError, match="mean_probs needs"):
+        Ensemble((labels[0], first_token), "mean_probs")
 
 
 # --- the prompt file ---------------------------------------------------------------------------------------
@@ -235,14 +237,6 @@ def test_an_ensemble_needs_a_dev_gain_over_the_best_prompt_that_dev_supports(gai
         assert rows[2]["supported"] is True and rows[2]["gain_low"] > 0
     # confidence 0: any gain, as before (the one example more wins too)
     assert choose_ensemble([best, second, third], dev, "accuracy", 3).info["ensemble"]["k"] == 3
-
-
-def test_first_token_prompts_are_not_ensembled() -> None:
-    prompt = Prompt(template="{text} is a[P]", fields=("text",))
-    ranks = Evaluation({"precision@1": 0.5}, ["x", "y"], target_ranks=np.array([0, 3]))
-    chosen = choose_ensemble([Candidate(prompt, ranks), Candidate(replace(prompt, instruction="Say."), ranks)],
-                             DEV[:2], "precision@1", 3)
-    assert chosen.prompt is prompt and chosen.info["ensemble"]["k"] == 1 and "skipped" in chosen.info["ensemble"]
 
 
 # --- the template search with ensembles, end to end --------------------------------------------------------

@@ -18,6 +18,8 @@ from autoprompt.scoring.prefix import COMMON_PREFIX_MIN, PrefixCache, common_hea
 from autoprompt.scoring.scores import (
     BATCH_INPUTS,
     CONTENT_FREE,
+    TOP_ANSWERS,
+    answer_words,
     batch_calibration,
     calibrate,
     content_free_calibration,
@@ -29,7 +31,7 @@ from autoprompt.scoring.scores import (
 )
 
 __all__ = [
-    "BATCH_INPUTS", "CONTENT_FREE", "COMMON_PREFIX_MIN", "Caches", "DEFAULT_BATCH_TOKENS", "Evaluation", "MAX_ROWS", "PrefixCache",
+    "BATCH_INPUTS", "CONTENT_FREE", "TOP_ANSWERS", "answer_words", "COMMON_PREFIX_MIN", "Caches", "DEFAULT_BATCH_TOKENS", "Evaluation", "MAX_ROWS", "PrefixCache",
     "Queries", "batch_calibration", "calibrate", "combine_evaluations", "generate", "greedy_tokens", "common_head", "content_free_calibration", "embed_texts", "encode_examples", "evaluate",
     "head_cache", "label_word_ids", "log_normalize", "measured_calibration", "nearest_demonstrations", "pack_batches", "pad_right",
     "render_template", "score_labels", "score_targets", "target_ids", "task_loss",

@@ -31,7 +31,7 @@ class Queries:
 
     def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None,
                  head_rows: list[int] | None = None, caches: Caches | None = None,
-                 ends: torch.Tensor | None = None) -> None:
+                 ends: torch.Tensor | None = None, top_n: int = 0) -> None:
         self.prefix_cache = prefix_cache
         self.caches = caches
         self.head_rows = head_rows  # the only vocabulary rows asked for (logits, not log-probs)  # prefixes encoded earlier; else computed in run()
@@ -42,6 +42,7 @@ class Queries:
         self.seq, self.pos, self.token, self.out, self.is_first = [], [], [], [], []
         self.want_rank = want_rank
         self.ends = ends  # what an END query reads (endings.py)
+        self.top_n = top_n  # with want_rank: the top_n tokens at each first answer position, and their log-probs
 
     def add_answer(self, enc: Encoded, answer: list[int], *, out_index: int, causal: bool,
                    split_at: int | None = None) -> None:
@@ -100,6 +101,8 @@ class Queries:
         token_log_probs = np.zeros(len(seq))
         ranks = np.zeros(len(seq), dtype=np.int64)
         tops = np.zeros(len(seq), dtype=np.int64)
+        top_ids = np.zeros((len(seq), self.top_n), dtype=np.int64)  # [queries, top_n]
+        top_log_probs = np.zeros((len(seq), self.top_n), dtype=np.float32)
         order = np.argsort(seq, kind="stable")  # queries grouped by sequence
         starts = np.searchsorted(seq[order], np.arange(len(self.sequences) + 1))
         row_of_seq = np.zeros(len(self.sequences), dtype=np.int64)
@@ -114,6 +117,10 @@ class Queries:
                 if self.want_rank:
                     ranks[q] = (log_probs > gold[:, None]).sum(dim=1).cpu().numpy()
                     tops[q] = log_probs.argmax(dim=1).cpu().numpy()
+                if self.want_rank and self.top_n:
+                    values, ids = log_probs.topk(min(self.top_n, log_probs.shape[1]), dim=1)
+                    top_ids[q, : ids.shape[1]] = ids.cpu().numpy()
+                    top_log_probs[q, : ids.shape[1]] = values.float().cpu().numpy()
                 bar.update(len(batch))
         bar.close()
         out = np.asarray(self.out, dtype=np.int64)  # int even when empty: predict([]) gives []
@@ -123,6 +130,11 @@ class Queries:
         self.first_top = np.zeros(n_out, dtype=np.int64)
         self.first_rank[out[first]] = ranks[first]
         self.first_top[out[first]] = tops[first]
+        if self.top_n:  # [n_out, top_n] each, and the first answer token's own log-prob [n_out]
+            self.first_top_ids, self.first_top_log_probs = np.zeros_like(top_ids[:n_out]), np.zeros_like(top_log_probs[:n_out])
+            self.first_top_ids[out[first]], self.first_top_log_probs[out[first]] = top_ids[first], top_log_probs[first]
+            self.first_log_prob = np.zeros(n_out)
+            self.first_log_prob[out[first]] = token_log_probs[first]
         return np.bincount(out, weights=token_log_probs, minlength=n_out)
 
     def _rows(self, batch, order, starts, seq, pos, row_of_seq, device) -> tuple[torch.Tensor, torch.Tensor]:

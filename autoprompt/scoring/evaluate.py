@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from autoprompt.answers import JUDGES, answer_scores
-from autoprompt.ensemble import Ensemble, mean_probs, vote
+from autoprompt.ensemble import Ensemble, mean_answer_probs, mean_probs, vote
 from autoprompt.errors import TemplateError
 from autoprompt.metrics import accuracy, macro_f1, mrr, precision_at_1
 from autoprompt.models.adapters import bind
 from autoprompt.scoring.caches import Caches
 from autoprompt.scoring.generate import generate
 from autoprompt.scoring.prefix import PrefixCache
-from autoprompt.scoring.scores import score_labels, score_targets
+from autoprompt.scoring.scores import answer_words, score_labels, score_targets
 
 if TYPE_CHECKING:
     from autoprompt.answers import Generation
@@ -35,6 +35,8 @@ class Evaluation:
     target_ranks: np.ndarray | None = None  # [n_examples], rank of the target's first token
     labels: list[str] = field(default_factory=list)
     scores: np.ndarray | None = None  # [n_examples], generated answers: each one's value of the metric
+    answer_words: list[dict[str, float]] | None = None  # first-token answers: each example's likeliest words, {word: p}
+    target_words: list[str] | None = None  # first-token answers: the word of each target's first token
 
 
 def evaluate(model: LanguageModel, prompt: Prompt | Ensemble, examples: list[Example], *, metric: str = "accuracy",
@@ -57,11 +59,10 @@ def evaluate(model: LanguageModel, prompt: Prompt | Ensemble, examples: list[Exa
         scores = score_labels(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
                               progress=progress, caches=caches)
         return _label_evaluation(scores, prompt.labels, examples, metric)
-    log_probs, ranks, top = score_targets(model, prompt, examples, prefix_cache=prefix_cache,
-                                          batch_tokens=batch_tokens, progress=progress, caches=caches)
+    log_probs, ranks, top, words, targets = answer_words(model, prompt, examples, prefix_cache=prefix_cache,
+                                                         batch_tokens=batch_tokens, progress=progress, caches=caches)
     predicted = [model.tokenizer.decode([t]).strip() for t in top]
-    metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
-    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
+    return _first_token_evaluation(predicted, log_probs, ranks, words, targets, metric)
 
 
 def combine_evaluations(ensemble: Ensemble, members: list[Evaluation], examples: list[Example],
@@ -71,6 +72,11 @@ def combine_evaluations(ensemble: Ensemble, members: list[Evaluation], examples:
     if ensemble.combine == "mean_probs":  # (each member's columns in the ensemble's label order)
         scores = [m.label_log_probs[:, [m.labels.index(label) for label in ensemble.labels]] for m in members]
         return _label_evaluation(mean_probs(scores), ensemble.labels, examples, metric)
+    if ensemble.combine == "mean_answer_probs":  # the words' mean probabilities; the target's word ranked among them
+        words, targets = mean_answer_probs([m.answer_words for m in members]), members[0].target_words
+        ranks = np.array([sum(p > w.get(t, 0.0) for p in w.values()) for w, t in zip(words, targets, strict=True)])
+        log_probs = np.mean([m.target_log_probs for m in members], axis=0)
+        return _first_token_evaluation([next(iter(w)) for w in words], log_probs, ranks, words, targets, metric)
     settings = ensemble.generation
     predicted = vote([m.predictions for m in members], settings.normalize)
     log_probs = np.mean([m.target_log_probs for m in members], axis=0)  # [n]: the members' mean, for the metrics
@@ -84,6 +90,13 @@ def _label_evaluation(scores: np.ndarray, labels: list[str], examples: list[Exam
     metrics = {"accuracy": accuracy(predicted, gold), "macro_f1": macro_f1(predicted, gold, labels),
                "mean_gold_log_prob": float(np.mean(scores[np.arange(len(gold)), [labels.index(g) for g in gold]]))}
     return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
+
+
+def _first_token_evaluation(predicted: list[str], log_probs: np.ndarray, ranks: np.ndarray,
+                            words: list[dict[str, float]], targets: list[str], metric: str) -> Evaluation:
+    metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
+    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks,
+                      answer_words=words, target_words=targets)
 
 
 def _evaluate_generated(model: LanguageModel, prompt: Prompt, examples: list[Example], metric: str,

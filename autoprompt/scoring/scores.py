@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from autoprompt.prompt import Prompt
 
 CONTENT_FREE = ("N/A", "")
+TOP_ANSWERS = 32  # first-token answers kept per input: what a first-token ensemble averages
 BATCH_INPUTS = 64  # train inputs whose mean label distribution a batch calibration divides out
 
 
@@ -132,14 +133,48 @@ def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example],
     that ends it, see ``target_ids``.)
 
     With ``candidates`` each array is [n_candidates * n_examples], candidate-major."""
+    queries = _target_queries(model, prompt, examples, candidates=candidates, prefix_cache=prefix_cache,
+                              batch_tokens=batch_tokens, progress=progress, caches=caches, first_token=first_token,
+                              end=end)
+    return queries.log_probs, queries.first_rank, queries.first_top
+
+
+def answer_words(model: LanguageModel, prompt: Prompt, examples: list[Example], *, top_n: int = TOP_ANSWERS,
+                 prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None, progress: bool = False,
+                 caches: Caches | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]],
+                                                         list[str]]:
+    """score_targets' three arrays, and what a first-token ensemble averages: per example the probabilities
+    of the ``top_n`` likeliest first tokens at [P] as answer words (decoded and stripped; of tokens that
+    strip to one word, the likeliest: the top token's word stays the top word), the target's own word
+    always among them, and that word."""
+    queries = _target_queries(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
+                              progress=progress, caches=caches, top_n=top_n)
+    gold = [t[0] for t in target_ids(model, prompt, examples)]
+    ids = np.concatenate([queries.first_top_ids, np.asarray(gold)[:, None]], axis=1)  # [n, top_n + 1]
+    word = {int(t): model.tokenizer.decode([int(t)]).strip() for t in np.unique(ids)}
+    probs = np.exp(np.concatenate([queries.first_top_log_probs, queries.first_log_prob[:, None]], axis=1))
+    out = []
+    for row_ids, row_probs in zip(ids.tolist(), probs.tolist(), strict=True):
+        words: dict[str, float] = {}
+        for token, p in zip(row_ids, row_probs, strict=True):
+            words[word[token]] = max(words.get(word[token], 0.0), p)
+        out.append(words)
+    return queries.log_probs, queries.first_rank, queries.first_top, out, [word[t] for t in gold]
+
+
+def _target_queries(model: LanguageModel, prompt: Prompt, examples: list[Example], *,
+                    candidates: np.ndarray | None = None, prefix_cache: PrefixCache | None = None,
+                    batch_tokens: int | None = None, progress: bool = False, caches: Caches | None = None,
+                    first_token: bool = False, end: bool = False, top_n: int = 0) -> Queries:
+    """The targets' queries, run: ``log_probs``, ``first_rank``, ``first_top`` (and with ``top_n`` the top tokens)."""
     encoded, split = _candidate_encodings(model, prompt, examples, candidates, prefix_cache, caches)
     targets = [t[:1] if first_token else t for t in target_ids(model, prompt, examples, end=end)]
-    queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches,
+    queries = Queries(want_rank=True, prefix_cache=prefix_cache, caches=caches, top_n=top_n,
                       ends=answer_ends(model, prompt) if end and model.is_causal else None)
     for i, enc in enumerate(encoded):
         queries.add_answer(enc, targets[i % len(examples)], out_index=i, causal=model.is_causal, split_at=split[i])
-    log_probs = queries.run(model, batch_tokens, progress)
-    return log_probs, queries.first_rank, queries.first_top
+    queries.log_probs = queries.run(model, batch_tokens, progress)
+    return queries
 
 
 def _candidate_encodings(model: LanguageModel, prompt: Prompt, examples: list[Example], candidates: np.ndarray | None,

@@ -56,9 +56,6 @@ def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, en
     """The best of the ensembles of the best k of ``ranked`` (best first) on ``dev``, k = 1..ensemble_max; an
     ensemble only when its gain over the best prompt alone is supported with ``confidence`` (0: any gain)."""
     best = ranked[0]
-    if not (best.prompt.is_classification or best.prompt.generation is not None):
-        log.info("ensembles are for label and generation prompts; a first-token prompt is not ensembled")
-        return Chosen(best.prompt, best.dev, {"ensemble": {"k": 1, "skipped": "first-token prompts are not ensembled"}})
     rows: list[dict[str, Any]] = [{"k": 1, "dev": best.dev.metrics[metric]}]
     chosen, gold = Chosen(best.prompt, best.dev, {}), [e.answer for e in dev]
     for k in range(2, min(ensemble_max, len(ranked)) + 1):
