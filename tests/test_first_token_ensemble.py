@@ -58,7 +58,9 @@ def test_a_prompts_answer_words_are_its_top_tokens_with_the_target_among_them(ca
     assert scored.target_words == gold
 
 
-def test_a_first_token_ensemble_predicts_the_likeliest_word_of_its_members_mean(causal_lm) -> None:
+@pytest.mark.parametrize("lm", ["causal_lm", "masked_lm"])
+def test_a_first_token_ensemble_predicts_the_likeliest_word_of_its_members_mean(lm, request) -> None:
+    causal_lm = request.getfixturevalue(lm)  # (a masked LM: the target's first piece at the mask)
     prompts = members(causal_lm)
     alone = [evaluate(causal_lm, p, EXAMPLES, metric="precision@1") for p in prompts]
     ensemble = Ensemble.of(prompts)

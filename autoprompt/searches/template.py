@@ -80,7 +80,8 @@ class TemplateSearchConfig:
     rescore_top: int = opt(5, "Best trials re-scored on all of dev before the winner is chosen.")
     ensemble_max: int = opt(5, "Largest prompt ensemble tried: the best k re-scored trials (k = 1..this; the best "
                             "trial's other demonstration draws among them) combined (label probabilities averaged, "
-                            "generated answers voted), the best k on dev wins, ties to the smaller k; 1: no ensembles.")
+                            "generated answers voted, first-token answer words' probabilities averaged), the best "
+                            "k on dev wins, ties to the smaller k; 1: no ensembles.")
     ensemble_confidence: float = opt(0.0, "An ensemble replaces the best prompt alone only when its dev gain over it is "
                                      "above zero with this confidence (paired bootstrap, as --confidence): k prompts "
                                      "cost k passes per input. 0: any gain (a stricter rule cost test accuracy, README).")
