@@ -11,7 +11,7 @@ import torch
 
 from autoprompt import runtime
 from autoprompt.prompt import Prompt
-from autoprompt.scoring import score_labels
+from autoprompt.scoring import evaluate, score_labels
 from autoprompt.task import Example
 
 
@@ -49,6 +49,10 @@ def test_the_fast_fp32_gemm_only_while_scoring(cpu_only, causal_lm, monkeypatch,
     score_labels(causal_lm, prompt, [Example({"text": "fine"}, "positive")])
     assert seen and set(seen) == {"medium"}
     assert torch.get_float32_matmul_precision() == "highest"
+    seen.clear()  # free-form answers too (a first-token prompt's answer words: answer_words)
+    evaluate(causal_lm, Prompt(template="{text} is a[P]", fields=("text",)), [Example({"text": "fine"}, "good")],
+             metric="precision@1")
+    assert seen and set(seen) == {"medium"}
     torch.set_float32_matmul_precision("high")  # a caller's own choice is left alone
     try:
         seen.clear()

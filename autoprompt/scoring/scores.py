@@ -139,6 +139,7 @@ def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example],
     return queries.log_probs, queries.first_rank, queries.first_top
 
 
+@cpu_tuned
 def answer_words(model: LanguageModel, prompt: Prompt, examples: list[Example], *, top_n: int = TOP_ANSWERS,
                  prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None, progress: bool = False,
                  caches: Caches | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]],
