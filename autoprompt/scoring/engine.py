@@ -32,9 +32,9 @@ class Queries:
     def __init__(self, want_rank: bool = False, prefix_cache: PrefixCache | None = None,
                  head_rows: list[int] | None = None, caches: Caches | None = None,
                  ends: torch.Tensor | None = None, top_n: int = 0) -> None:
-        self.prefix_cache = prefix_cache
+        self.prefix_cache = prefix_cache  # prefixes encoded earlier; else computed in run()
         self.caches = caches
-        self.head_rows = head_rows  # the only vocabulary rows asked for (logits, not log-probs)  # prefixes encoded earlier; else computed in run()
+        self.head_rows = head_rows  # the only vocabulary rows asked for (logits, not log-probs)
         self.prefixes: list[list[int]] = []
         self._prefix_index: dict[tuple[int, ...], int] = prefix_cache.index if prefix_cache else {}
         self.sequences: list[tuple[int, list[int]]] = []  # (prefix index or -1, the rest of the ids)
@@ -133,8 +133,8 @@ class Queries:
         if self.top_n:  # [n_out, top_n] each, and the first answer token's own log-prob [n_out]
             self.first_top_ids, self.first_top_log_probs = np.zeros_like(top_ids[:n_out]), np.zeros_like(top_log_probs[:n_out])
             self.first_top_ids[out[first]], self.first_top_log_probs[out[first]] = top_ids[first], top_log_probs[first]
-            self.first_log_prob = np.zeros(n_out)
-            self.first_log_prob[out[first]] = token_log_probs[first]
+            self.first_log_prob, self.first_token = np.zeros(n_out), np.zeros(n_out, dtype=np.int64)
+            self.first_log_prob[out[first]], self.first_token[out[first]] = token_log_probs[first], token[first]
         return np.bincount(out, weights=token_log_probs, minlength=n_out)
 
     def _rows(self, batch, order, starts, seq, pos, row_of_seq, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,8 +150,8 @@ def answer_words(model: LanguageModel, prompt: Prompt, examples: list[Example], 
     always among them, and that word."""
     queries = _target_queries(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
                               progress=progress, caches=caches, top_n=top_n)
-    gold = [t[0] for t in target_ids(model, prompt, examples)]
-    ids = np.concatenate([queries.first_top_ids, np.asarray(gold)[:, None]], axis=1)  # [n, top_n + 1]
+    gold = queries.first_token.tolist()  # each target's first token
+    ids = np.concatenate([queries.first_top_ids, queries.first_token[:, None]], axis=1)  # [n, top_n + 1]
     word = {int(t): model.tokenizer.decode([int(t)]).strip() for t in np.unique(ids)}
     probs = np.exp(np.concatenate([queries.first_top_log_probs, queries.first_log_prob[:, None]], axis=1))
     out = []
