@@ -266,3 +266,15 @@ def test_older_runs_count_their_work_from_the_log(tmp_path: Path) -> None:
         run.log({"stage": "trigger", "step": step, "dev": 0.6})
     info = summary(run)
     assert (info["work"], info["steps"], info["trials"]) == ("3 trials + 2 steps", 2, 3)
+
+
+def test_the_ensemble_section_names_each_ranked_prompts_trial_and_draw() -> None:
+    from autoprompt.runs.report import ensemble_section
+
+    info = {"k": 2, "metric": "precision@1", "combine": "mean_answer_probs", "note": "chosen on dev",
+            "ranked": [{"trial": 17, "dev": 0.3}, {"trial": 17, "draw": 3, "dev": 0.28}, {"trial": 2, "dev": 0.27}],
+            "candidates": [{"k": 1, "dev": 0.3}, {"k": 2, "dev": 0.33}, {"k": 3, "dev": 0.32}]}
+    lines = ensemble_section(info)
+    assert "| 1 (member) | 17 | 0.300 | 0.300 |" in lines  # the trial's own draw: the trial alone
+    assert "| 2 (member) | 17 (draw 3) | 0.280 | 0.330 ✓ |" in lines  # another draw of it: named
+    assert "| 3 | 2 | 0.270 | 0.320 |" in lines and "(mean_answer_probs)" in lines[2] and "**k = 2**" in lines[2]

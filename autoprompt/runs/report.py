@@ -131,7 +131,8 @@ def ensemble_section(info: dict[str, Any] | None) -> list[str]:
     for n, (member, row) in enumerate(zip(info["ranked"], info["candidates"], strict=False), 1):
         mark = " ✓" if row["k"] == k else ""
         unsupported = " (gain not supported)" if row.get("supported") is False else ""
-        lines.append(f"| {n}{' (member)' if n <= k else ''} | {member.get('trial', '')} | {format_value(member['dev'])} "
+        trial = f"{member.get('trial', '')}" + (f" (draw {member['draw']})" if "draw" in member else "")  # another draw
+        lines.append(f"| {n}{' (member)' if n <= k else ''} | {trial} | {format_value(member['dev'])} "
                      f"| {format_value(row['dev'])}{unsupported}{mark} |")
     return lines + ["", f"Note: {info['note']}.", ""]
 
