@@ -121,14 +121,18 @@ def vote(member_answers: Sequence[Sequence[str]], steps: Sequence[str] = DEFAULT
     return out
 
 
-def mean_answer_probs(member_words: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
-    """Per example, each answer word's probability averaged over the members (a word outside a member's
-    top answers counts 0 for it), likeliest first; [members][n] {word: p} -> [n] {word: p}."""
+def mean_answer_probs(member_words: Sequence[np.ndarray], member_probs: Sequence[np.ndarray]) -> list[dict[str, float]]:
+    """Per example, each answer word's probability averaged over the members, likeliest first: a member's
+    probability of a word is that of its likeliest token with that word (byte pieces all decode to one),
+    0 outside its top tokens. [members][n, top] words and probabilities -> [n] {word: p}."""
     out = []
-    for words in zip(*member_words, strict=True):
+    for n in range(len(member_words[0])):
         total: dict[str, float] = {}
-        for member in words:
-            for word, p in member.items():
-                total[word] = total.get(word, 0.0) + p / len(words)
+        for words, probs in zip(member_words, member_probs, strict=True):
+            own: dict[str, float] = {}
+            for word, p in zip(words[n], probs[n], strict=True):
+                own[word] = max(own.get(word, 0.0), float(p))
+            for word, p in own.items():
+                total[word] = total.get(word, 0.0) + p / len(member_words)
         out.append(dict(sorted(total.items(), key=lambda item: (-item[1], item[0]))))
     return out

@@ -59,9 +59,9 @@ class Predictor:
             answers = [generate(model, prompt, examples, caches=caches) for (model, prompt), caches in self._members]
             out = answers[0] if len(answers) == 1 else vote(answers, self.prompt.generation.normalize)
         elif len(self._members) > 1:  # a first-token ensemble: the likeliest word of its members' mean
-            words = [answer_words(model, prompt, [_with_answer(e) for e in examples], caches=caches)[3]
-                     for (model, prompt), caches in self._members]
-            out = [next(iter(w)) for w in mean_answer_probs(words)]
+            scored = [answer_words(model, prompt, [_with_answer(e) for e in examples], caches=caches)[3:]
+                      for (model, prompt), caches in self._members]
+            out = [next(iter(w)) for w in mean_answer_probs([w for w, _ in scored], [p for _, p in scored])]
         else:
             (model, prompt), caches = self._members[0]
             _, _, top = score_targets(model, prompt, [_with_answer(e) for e in examples], caches=caches)

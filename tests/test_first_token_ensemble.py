@@ -34,11 +34,13 @@ def members(lm) -> list[Prompt]:
 
 
 def test_mean_answer_probs_averages_each_word_over_the_members_likeliest_first() -> None:
-    first = [{"France": 0.5, "Italy": 0.2}, {"x": 0.9}]
-    second = [{"Italy": 0.6, "Spain": 0.1}, {"y": 0.9}]
-    got = mean_answer_probs([first, second])
+    words = [np.array([["France", "Italy", "France"], ["x", "x", "x"]], dtype=object),
+             np.array([["Italy", "Spain", "Italy"], ["y", "y", "x"]], dtype=object)]
+    probs = [np.array([[0.5, 0.2, 0.5], [0.9, 0.01, 0.9]]), np.array([[0.6, 0.1, 0.6], [0.9, 0.02, 0.0]])]
+    got = mean_answer_probs(words, probs)
     assert got[0] == pytest.approx({"Italy": 0.4, "France": 0.25, "Spain": 0.05})  # a missing word counts 0
     assert list(got[0]) == ["Italy", "France", "Spain"]
+    assert got[1] == pytest.approx({"x": 0.45, "y": 0.45})  # a word's likeliest token in a member, not their sum
     assert list(got[1]) == ["x", "y"]  # a tie: in word order, the same on every machine
 
 
@@ -48,14 +50,15 @@ def test_a_prompts_answer_words_are_its_top_tokens_with_the_target_among_them(ca
     log_probs, ranks, top = score_targets(causal_lm, prompt, EXAMPLES)  # (what a single prompt always reported)
     np.testing.assert_array_equal(scored.target_ranks, ranks)
     assert scored.predictions == [causal_lm.tokenizer.decode([t]).strip() for t in top]
-    for words, target, predicted, rank in zip(scored.answer_words, scored.target_words, scored.predictions, ranks,
-                                              strict=True):
-        assert target in words and len(words) <= TOP_ANSWERS + 1 and sum(words.values()) <= 1 + 1e-6
-        assert max(words, key=words.get) == predicted  # the top token's word is the likeliest word
-        assert (rank == 0) == (predicted == target)
+    assert scored.answer_words.shape == scored.answer_probs.shape == (len(EXAMPLES), TOP_ANSWERS + 1)
+    for words, probs, predicted, rank in zip(scored.answer_words, scored.answer_probs, scored.predictions, ranks,
+                                             strict=True):
+        assert (np.diff(probs[:-1]) <= 0).all() and probs[:-1].sum() <= 1 + 1e-6  # the top tokens, likeliest first
+        assert words[0] == predicted  # the top token's word is the prediction
+        assert (rank == 0) == (probs[-1] >= probs[0])  # the target's token (last) ranked first
     gold = [causal_lm.tokenizer.decode([causal_lm.tokenizer.encode(" " + o, add_special_tokens=False)[0]]).strip()
             for _, o in FACTS]
-    assert scored.target_words == gold
+    assert list(scored.answer_words[:, -1]) == gold
 
 
 @pytest.mark.parametrize("lm", ["causal_lm", "masked_lm"])
@@ -66,15 +69,14 @@ def test_a_first_token_ensemble_predicts_the_likeliest_word_of_its_members_mean(
     ensemble = Ensemble.of(prompts)
     assert ensemble.combine == "mean_answer_probs"
     together = evaluate(causal_lm, ensemble, EXAMPLES, metric="precision@1")
-    for n, words in enumerate(together.answer_words):  # by hand: each word's mean over the three
-        vocabulary = set().union(*(a.answer_words[n] for a in alone))
-        mean = {w: np.mean([a.answer_words[n].get(w, 0.0) for a in alone]) for w in vocabulary}
-        assert words == pytest.approx(mean)
-        best = max(mean.values())
-        assert mean[together.predictions[n]] == pytest.approx(best)
-        target = alone[0].target_words[n]
-        assert together.target_ranks[n] == sum(p > mean[target] for p in mean.values())
-    right = [p == t for p, t in zip(together.predictions, together.target_words, strict=True)]
+    targets = alone[0].answer_words[:, -1]
+    for n in range(len(EXAMPLES)):  # by hand: each member's likeliest token per word, the mean over the three
+        own = [{w: max(p for w2, p in zip(a.answer_words[n], a.answer_probs[n], strict=True) if w2 == w)
+                for w in a.answer_words[n]} for a in alone]
+        mean = {w: np.mean([o.get(w, 0.0) for o in own]) for w in set().union(*own)}
+        assert mean[together.predictions[n]] == pytest.approx(max(mean.values()))
+        assert together.target_ranks[n] == sum(p > mean[targets[n]] + 1e-12 for p in mean.values())
+    right = [p == t for p, t in zip(together.predictions, targets, strict=True)]
     assert together.metrics["precision@1"] == pytest.approx(np.mean(right))
     assert Predictor(ensemble, causal_lm).predict([e.fields for e in EXAMPLES]) == together.predictions
 
@@ -94,10 +96,11 @@ def _facts_candidate(top: list[str], trial: int) -> Candidate:
     """A first-token prompt's dev evaluation: the target's word at 0.5 where ``top[i]`` is it, else ``top[i]`` at
     0.9 and the target's at 0.05."""
     targets = [o for _, o in FACTS[:4]]
-    words = [{t: 0.5} if t == g else {t: 0.9, g: 0.05} for t, g in zip(top, targets, strict=True)]
-    ranks = np.array([sum(p > w.get(g, 0.0) for p in w.values()) for w, g in zip(words, targets, strict=True)])
+    words = np.array([[t, g] for t, g in zip(top, targets, strict=True)], dtype=object)  # [n, top 1 + the target]
+    probs = np.array([[0.5, 0.5] if t == g else [0.9, 0.05] for t, g in zip(top, targets, strict=True)])
+    ranks = np.array([int(t != g) for t, g in zip(top, targets, strict=True)])
     evaluation = Evaluation({"precision@1": float(np.mean(ranks == 0))}, list(top), target_log_probs=np.zeros(4),
-                            target_ranks=ranks, answer_words=words, target_words=targets)
+                            target_ranks=ranks, answer_words=words, answer_probs=probs)
     return Candidate(Prompt(template=f"{trial} {{subject}} is in[P]", fields=("subject",)), evaluation, {"trial": trial})
 
 

@@ -66,7 +66,7 @@ def _option(fld: dataclasses.Field):
         ptype = Duration()
     elif kind.startswith("int"):
         ptype = click.IntRange(min=meta.get("min", 1))
-    elif fld.name in ("confidence", "holdout", "ensemble_confidence"):
+    elif meta.get("share"):  # a fraction in [0, 1): a confidence, a share of dev
         ptype = click.FloatRange(min=0, max=1, max_open=True)
     elif kind.startswith("float"):  # positive, or from a given min on (lora_dropout: 0 is no dropout)
         ptype = click.FloatRange(min=meta.get("min", 0), min_open="min" not in meta)

@@ -35,8 +35,8 @@ class Evaluation:
     target_ranks: np.ndarray | None = None  # [n_examples], rank of the target's first token
     labels: list[str] = field(default_factory=list)
     scores: np.ndarray | None = None  # [n_examples], generated answers: each one's value of the metric
-    answer_words: list[dict[str, float]] | None = None  # first-token answers: each example's likeliest words, {word: p}
-    target_words: list[str] | None = None  # first-token answers: the word of each target's first token
+    answer_words: np.ndarray | None = None  # [n_examples, top + 1] first-token answers: the likeliest first tokens'
+    answer_probs: np.ndarray | None = None  # words and the target's last (answer_words), and their probabilities
 
 
 def evaluate(model: LanguageModel, prompt: Prompt | Ensemble, examples: list[Example], *, metric: str = "accuracy",
@@ -59,10 +59,11 @@ def evaluate(model: LanguageModel, prompt: Prompt | Ensemble, examples: list[Exa
         scores = score_labels(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
                               progress=progress, caches=caches)
         return _label_evaluation(scores, prompt.labels, examples, metric)
-    log_probs, ranks, top, words, targets = answer_words(model, prompt, examples, prefix_cache=prefix_cache,
-                                                         batch_tokens=batch_tokens, progress=progress, caches=caches)
-    predicted = [model.tokenizer.decode([t]).strip() for t in top]
-    return _first_token_evaluation(predicted, log_probs, ranks, words, targets, metric)
+    log_probs, ranks, _, words, probs = answer_words(model, prompt, examples, prefix_cache=prefix_cache,
+                                                     batch_tokens=batch_tokens, progress=progress, caches=caches)
+    evaluation = _first_token_evaluation(list(words[:, 0]), log_probs, ranks, metric)  # (the top token's word)
+    evaluation.answer_words, evaluation.answer_probs = words, probs
+    return evaluation
 
 
 def combine_evaluations(ensemble: Ensemble, members: list[Evaluation], examples: list[Example],
@@ -73,10 +74,11 @@ def combine_evaluations(ensemble: Ensemble, members: list[Evaluation], examples:
         scores = [m.label_log_probs[:, [m.labels.index(label) for label in ensemble.labels]] for m in members]
         return _label_evaluation(mean_probs(scores), ensemble.labels, examples, metric)
     if ensemble.combine == "mean_answer_probs":  # the words' mean probabilities; the target's word ranked among them
-        words, targets = mean_answer_probs([m.answer_words for m in members]), members[0].target_words
-        ranks = np.array([sum(p > w.get(t, 0.0) for p in w.values()) for w, t in zip(words, targets, strict=True)])
+        words = mean_answer_probs([m.answer_words for m in members], [m.answer_probs for m in members])
+        targets = members[0].answer_words[:, -1]
+        ranks = np.array([sum(p > w[t] for p in w.values()) for w, t in zip(words, targets, strict=True)])
         log_probs = np.mean([m.target_log_probs for m in members], axis=0)
-        return _first_token_evaluation([next(iter(w)) for w in words], log_probs, ranks, words, targets, metric)
+        return _first_token_evaluation([next(iter(w)) for w in words], log_probs, ranks, metric)
     settings = ensemble.generation
     predicted = vote([m.predictions for m in members], settings.normalize)
     log_probs = np.mean([m.target_log_probs for m in members], axis=0)  # [n]: the members' mean, for the metrics
@@ -92,11 +94,9 @@ def _label_evaluation(scores: np.ndarray, labels: list[str], examples: list[Exam
     return Evaluation(_ordered(metrics, metric), predicted, label_log_probs=scores, labels=labels)
 
 
-def _first_token_evaluation(predicted: list[str], log_probs: np.ndarray, ranks: np.ndarray,
-                            words: list[dict[str, float]], targets: list[str], metric: str) -> Evaluation:
+def _first_token_evaluation(predicted: list[str], log_probs: np.ndarray, ranks: np.ndarray, metric: str) -> Evaluation:
     metrics = {"precision@1": precision_at_1(ranks), "mrr": mrr(ranks), "mean_target_log_prob": float(np.mean(log_probs))}
-    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks,
-                      answer_words=words, target_words=targets)
+    return Evaluation(_ordered(metrics, metric), predicted, target_log_probs=log_probs, target_ranks=ranks)
 
 
 def _evaluate_generated(model: LanguageModel, prompt: Prompt, examples: list[Example], metric: str,

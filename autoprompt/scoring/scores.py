@@ -142,25 +142,17 @@ def score_targets(model: LanguageModel, prompt: Prompt, examples: list[Example],
 @cpu_tuned
 def answer_words(model: LanguageModel, prompt: Prompt, examples: list[Example], *, top_n: int = TOP_ANSWERS,
                  prefix_cache: PrefixCache | None = None, batch_tokens: int | None = None, progress: bool = False,
-                 caches: Caches | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, float]],
-                                                         list[str]]:
-    """score_targets' three arrays, and what a first-token ensemble averages: per example the probabilities
-    of the ``top_n`` likeliest first tokens at [P] as answer words (decoded and stripped; of tokens that
-    strip to one word, the likeliest: the top token's word stays the top word), the target's own word
-    always among them, and that word."""
+                 caches: Caches | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """score_targets' three arrays, and what a first-token ensemble averages: the words (decoded, stripped) of
+    the ``top_n`` likeliest first tokens at [P] and of the target's first token last, [n, top_n + 1], and
+    their probabilities, [n, top_n + 1]."""
     queries = _target_queries(model, prompt, examples, prefix_cache=prefix_cache, batch_tokens=batch_tokens,
                               progress=progress, caches=caches, top_n=top_n)
-    gold = queries.first_token.tolist()  # each target's first token
     ids = np.concatenate([queries.first_top_ids, queries.first_token[:, None]], axis=1)  # [n, top_n + 1]
-    word = {int(t): model.tokenizer.decode([int(t)]).strip() for t in np.unique(ids)}
+    tokens, where = np.unique(ids, return_inverse=True)  # each token decoded once
+    words = np.array([model.tokenizer.decode([int(t)]).strip() for t in tokens], dtype=object)[where.reshape(ids.shape)]
     probs = np.exp(np.concatenate([queries.first_top_log_probs, queries.first_log_prob[:, None]], axis=1))
-    out = []
-    for row_ids, row_probs in zip(ids.tolist(), probs.tolist(), strict=True):
-        words: dict[str, float] = {}
-        for token, p in zip(row_ids, row_probs, strict=True):
-            words[word[token]] = max(words.get(word[token], 0.0), p)
-        out.append(words)
-    return queries.log_probs, queries.first_rank, queries.first_top, out, [word[t] for t in gold]
+    return queries.log_probs, queries.first_rank, queries.first_top, words, probs
 
 
 def _target_queries(model: LanguageModel, prompt: Prompt, examples: list[Example], *,

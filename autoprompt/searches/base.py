@@ -27,7 +27,7 @@ TRAIN_SAMPLE = 500  # train examples a run's final report scores both prompts on
 
 def opt(default: Any, help: str, **kw: Any) -> Any:
     """A config field with its help text (the CLI's --help and README come from it) and CLI hints:
-    ``choices``, ``min``, ``envvar``."""
+    ``choices``, ``min``, ``share`` (a fraction in [0, 1)), ``envvar``."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -39,9 +39,9 @@ class RunSettings:
     time_budget: float | None = opt(None, "Seconds for the whole run (10m, 1h): the search stops early enough "
                                     "to leave time for the scoring after it.")
     confidence: float = opt(0.95, "The found prompt replaces the task's own only when its gain on dev is above zero "
-                            "with this confidence (paired bootstrap; 0: any gain).", min=0)
+                            "with this confidence (paired bootstrap; 0: any gain).", share=True)
     holdout: float = opt(DEFAULT_HOLDOUT, "Share of dev the search never sees: both prompts are scored on it after the choice, "
-                         "beside dev, so the optimism of choosing on dev shows before test (0: none).", min=0)
+                         "beside dev, so the optimism of choosing on dev shows before test (0: none).", share=True)
 
 
 @dataclass

@@ -84,7 +84,8 @@ class TemplateSearchConfig:
                             "k on dev wins, ties to the smaller k; 1: no ensembles.")
     ensemble_confidence: float = opt(0.0, "An ensemble replaces the best prompt alone only when its dev gain over it is "
                                      "above zero with this confidence (paired bootstrap, as --confidence): k prompts "
-                                     "cost k passes per input. 0: any gain (a stricter rule cost test accuracy, README).")
+                                     "cost k passes per input. 0: any gain (a stricter rule cost test accuracy, README).",
+                                     share=True)
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
