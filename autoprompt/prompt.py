@@ -11,12 +11,15 @@ from autoprompt.answers import Generation
 from autoprompt.data import Example, verbalizer_overlap
 from autoprompt.errors import TemplateError
 from autoprompt.template import (
+    CHANNEL_FIELD,
+    channel_layout,
     chat_wrap,
     count_triggers,
     escape_literal,
     fill_template,
     parse_template,
     remove_triggers,
+    template_fields,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +63,9 @@ class Prompt:
     generation: Generation | None = None  # its answers are generated text (None: labels or a first token)
     # learned tensors it runs with (a soft prompt in its [T] slots, LoRA weights); None: the model as it is
     adapter: Adapter | None = None
+    # noisy-channel scoring (Min et al. 2022): a label's score is the likelihood of the input after the label
+    # word (the template's channel_layout), not the label word's after the input; causal LMs only
+    channel: bool = False
 
     def __post_init__(self) -> None:
         parse_template(self.template)
@@ -71,6 +77,11 @@ class Prompt:
             raise TemplateError(f"demo_k {self.demo_k} needs 0..{len(self.demonstrations)} (the demonstrations pool)")
         if self.demo_per_label:
             self._check_per_label()
+        if self.channel and (self.verbalizer is None or self.demo_k or self.trigger_ids or self.adapter is not None):
+            raise TemplateError("a channel prompt needs labels (a verbalizer), and no triggers, demonstration pool "
+                                "or adapter")
+        if self.channel:
+            channel_layout(self.template)  # (raises for a template of another shape)
         if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
             raise TemplateError("calibration needs one value per label")
         problem = verbalizer_overlap(self.verbalizer) if isinstance(self.verbalizer, dict) else None
@@ -106,6 +117,24 @@ class Prompt:
     @property
     def n_trigger_slots(self) -> int:
         return count_triggers(self.template)
+
+    def channel_form(self) -> Prompt:
+        """A channel prompt as the free-form prompt it is scored with: its channel layout, the label word a
+        field and the input the answer; its demonstrations the same way round."""
+        name = self._channel_input()
+        demos = tuple(Example({CHANNEL_FIELD: self.answer_word(d.answer)}, d.fields[name], d.source)
+                      for d in self.demonstrations)
+        return Prompt(template=channel_layout(self.template), instruction=self.instruction, demonstrations=demos,
+                      chat=self.chat, fields=(CHANNEL_FIELD,), model=self.model)
+
+    def channel_rows(self, examples: list[Example]) -> list[Example]:
+        """Each input once per label (example-major, labels in order) as its channel form scores them."""
+        name = self._channel_input()
+        return [Example({CHANNEL_FIELD: words[0]}, e.fields[name], e.source)
+                for e in examples for words in (self.verbalizer or {}).values()]
+
+    def _channel_input(self) -> str:
+        return template_fields(self.template)[0]
 
     def with_triggers(self, trigger_ids: list[int], trigger_tokens: list[str]) -> Prompt:
         return replace(self, trigger_ids=tuple(trigger_ids), trigger_tokens=tuple(trigger_tokens))

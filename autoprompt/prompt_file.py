@@ -35,7 +35,7 @@ MAX_BYTES = 16 * 1024 * 1024  # a prompt is kilobytes; anything this big is not 
 MAX_DEPTH = 64  # JSON objects and arrays nested in each other; a prompt file needs about 5
 
 _TOP_KEYS = {"format", "autoprompt_version", "created", "task", "template", "instruction", "demonstrations",
-             "demo_k", "demo_per_label", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search",
+             "demo_k", "demo_per_label", "channel", "verbalizer", "triggers", "chat", "calibration", "model", "metrics", "search",
              "generation"}
 _REQUIRED = {"format", "template", "model", "task"}
 _ENSEMBLE_KEYS = {"format", "autoprompt_version", "created", "task", "combine", "members", "metrics", "search"}
@@ -78,6 +78,7 @@ def to_json(pf: PromptFile, adapter: dict[str, Any] | None = None) -> dict[str, 
         "demo_k": p.demo_k,
         # only when set: a reader that does not know it refuses the file rather than show other demonstrations
         **({"demo_per_label": True} if p.demo_per_label else {}),
+        **({"channel": True} if p.channel else {}),  # (likewise: a reader that does not know it refuses the file)
         "verbalizer": p.verbalizer,
         "triggers": [{"id": i, "text": t} for i, t in zip(p.trigger_ids, p.trigger_tokens, strict=False)],
         "chat": p.chat,
@@ -176,7 +177,8 @@ def from_json(data: Any, folder: Path | None = None) -> PromptFile:
                      instruction=_typed(data.get("instruction", ""), str, "instruction"), demonstrations=tuple(demos),
                      demo_k=demo_k, demo_per_label=per_label, chat=_typed(data.get("chat", False), bool, "chat"),
                      calibration=tuple(float(v) for v in calibration), model=model, fields=tuple(fields),
-                     generation=_generation(data.get("generation")), adapter=adapter)
+                     generation=_generation(data.get("generation")), adapter=adapter,
+                     channel=_typed(data.get("channel", False), bool, "channel"))
     _check(prompt.n_trigger_slots == len(triggers),
            f"template has {prompt.n_trigger_slots} [T] slots but the file lists {len(triggers)} triggers")
     return PromptFile(prompt=prompt, task_name=_typed(task.get("name", ""), str, "task.name"),

@@ -232,6 +232,7 @@ class Choice:
     chat: bool = False
     calibration: str = "none"
     draw: int = 0  # which seeded sample of demonstrations (0: the run seed's own)
+    channel: bool = False  # the prompt scored the noisy-channel way round (an ensemble's partner, not a trial's)
 
     @classmethod
     def from_params(cls, params: dict[str, Any], space: SearchSpace) -> Choice:
@@ -255,7 +256,8 @@ def prompt_for(choice: Choice, space: SearchSpace, task: Task, *, seed: int, n_t
                                     labels=labels, seed=seed) if choice.k else []
     return Prompt(template=layout, verbalizer=space.verbalizer[choice.verbalizer] if task.verbalizer else None,
                   instruction=space.instruction[choice.instruction], demonstrations=tuple(demos), demo_k=demo_k,
-                  demo_per_label=per_label, chat=choice.chat, fields=tuple(task.fields), generation=task.generation)
+                  demo_per_label=per_label, chat=choice.chat, fields=tuple(task.fields), generation=task.generation,
+                  channel=choice.channel)
 
 
 def similar_pool(train: list[Example], labels: list[str], *, seed: int | str) -> list[Example]:

@@ -80,6 +80,28 @@ def parse_template(template: str) -> tuple[Segment, ...]:
     return tuple(segments)
 
 
+CHANNEL_FIELD = "label_word"  # the field a channel layout shows the label word in
+
+
+def channel_layout(template: str) -> str:
+    """The noisy-channel layout of a one-input template (Min et al. 2022): the line that asks for the answer
+    first, with the label word filled in, and the input last, as the answer the model's likelihood is read of:
+    ``Review: {text}\nSentiment:[P]`` -> ``Sentiment: {label_word}\nReview:[P]``. Raises TemplateError for a
+    template of another shape (more inputs, triggers, text after [P] or between the input and [P] missing)."""
+    segments = parse_template(template)
+    inputs = [i for i, s in enumerate(segments) if s.kind == "field" and s.value not in RESERVED_FIELDS]
+    tail = segments[inputs[0] + 1:] if len(inputs) == 1 else ()
+    if len(inputs) != 1 or [s.kind for s in tail] != ["text", "answer"] or any(s.kind == "trigger" for s in segments):
+        raise TemplateError(f"template {template!r}: a channel prompt needs one input field, then text, then [P] "
+                            "at the end, and no triggers")
+    head = segments[:inputs[0]]
+    before = "".join(escape_literal(s.value) if s.kind == "text" else f"{{{s.value}}}" for s in head)
+    cut = before.rfind("\n") + 1 if head and head[-1].kind == "text" else len(before)  # the input's own line
+    ask = tail[0].value.strip()
+    return (before[:cut] + escape_literal(f"{ask} " if ask else "") + f"{{{CHANNEL_FIELD}}}\n"
+            + before[cut:].rstrip(" ") + "[P]")
+
+
 def template_fields(template: str) -> list[str]:
     """Input fields a template uses, in order, without the reserved ones."""
     names = [s.value for s in parse_template(template) if s.kind == "field"]

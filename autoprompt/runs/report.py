@@ -123,17 +123,25 @@ def ensemble_section(info: dict[str, Any] | None) -> list[str]:
     k, metric = info["k"], info.get("metric", "metric")
     lines = ["## Ensemble", "",
              f"The best {len(info['ranked'])} prompts of the search on dev, and their ensembles of the best k "
-             f"({info.get('combine') or '-'}); the best k on dev won (ties to the smaller"
+             f"({info.get('combine') or '-'}"
+             + ("; + channel: the best k - 1 with the best prompt scored the noisy-channel way" if info.get("partner")
+                else "") + "); the best k on dev won (ties to the smaller"
              + (f"; an ensemble only for a gain over the best prompt alone that dev supports with "
                 f"{info['confidence']:.0%} confidence" if info.get("confidence") else "") + f"): **k = {k}**"
              + (" (the best prompt alone)." if k == 1 else "."), "",
              "| rank k | trial | its dev " + metric + " alone | the best k together: dev " + metric + " |", "|---|---|---|---|"]
-    for n, (member, row) in enumerate(zip(info["ranked"], info["candidates"], strict=False), 1):
-        mark = " ✓" if row["k"] == k else ""
+    channel = bool(info.get("channel"))  # the members: the best k - 1 and the channel partner
+    rows = [r for r in info["candidates"] if not r.get("channel")]
+    partnered = [r for r in info["candidates"] if r.get("channel")]
+    members = [*zip(info["ranked"], rows, strict=False)] + [(info["partner"], r) for r in partnered]
+    for n, (member, row) in enumerate(members, 1):
+        mark = " ✓" if row["k"] == k and bool(row.get("channel")) == channel else ""
         unsupported = " (gain not supported)" if row.get("supported") is False else ""
-        trial = f"{member.get('trial', '')}" + (f" (draw {member['draw']})" if "draw" in member else "")  # another draw
-        lines.append(f"| {n}{' (member)' if n <= k else ''} | {trial} | {format_value(member['dev'])} "
-                     f"| {format_value(row['dev'])}{unsupported}{mark} |")
+        trial = (f"{member.get('trial', '')}" + (f" (draw {member['draw']})" if "draw" in member else "")  # another draw
+                 + (" (channel)" if member.get("channel") else ""))
+        rank = f"{n}{' (member)' if n <= k - channel else ''}" if not row.get("channel") else \
+            f"+ channel, k = {row['k']}{' (member)' if mark else ''}"
+        lines.append(f"| {rank} | {trial} | {format_value(member['dev'])} | {format_value(row['dev'])}{unsupported}{mark} |")
     return lines + ["", f"Note: {info['note']}.", ""]
 
 

@@ -14,18 +14,17 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from autoprompt.ensemble import Ensemble, combine_for
-from autoprompt.errors import InputTooLong
+from autoprompt.errors import InputTooLong, TemplateError
 from autoprompt.runs.predictions import side
 from autoprompt.scoring import combine_evaluations
 from autoprompt.selection import judge
-from autoprompt.space import SIMILAR_SELECTIONS
+from autoprompt.space import SIMILAR_SELECTIONS, Choice
 
 if TYPE_CHECKING:
     from autoprompt.data import Example
     from autoprompt.prompt import Prompt
     from autoprompt.scoring import Evaluation
     from autoprompt.searches.base import Context
-    from autoprompt.space import Choice
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +48,70 @@ class Chosen:
     prompt: Prompt | Ensemble
     dev: Evaluation
     info: dict[str, Any]
+    members: list[Candidate] = field(default_factory=list)  # an ensemble's, best first
 
 
 def choose_ensemble(ranked: list[Candidate], dev: list[Example], metric: str, ensemble_max: int, *,
-                    confidence: float = 0.0, seed: int = 0) -> Chosen:
+                    confidence: float = 0.0, seed: int = 0, partner: Candidate | None = None) -> Chosen:
     """The best of the ensembles of the best k of ``ranked`` (best first) on ``dev``, k = 1..ensemble_max; an
-    ensemble only when its gain over the best prompt alone is supported with ``confidence`` (0: any gain)."""
+    ensemble only when its gain over the best prompt alone is supported with ``confidence`` (0: any gain).
+    ``partner`` (the best prompt scored the channel way): also the best k - 1 with it, k = 2..ensemble_max."""
     best = ranked[0]
     rows: list[dict[str, Any]] = [{"k": 1, "dev": best.dev.metrics[metric]}]
-    chosen, gold = Chosen(best.prompt, best.dev, {}), [e.answer for e in dev]
-    for k in range(2, min(ensemble_max, len(ranked)) + 1):
-        ensemble = ensemble_of([c.prompt for c in ranked[:k]])
-        evaluation = combine_evaluations(ensemble, [c.dev for c in ranked[:k]], dev, metric)
-        row = {"k": k, "dev": evaluation.metrics[metric]}
+    chosen, gold = Chosen(best.prompt, best.dev, {}, [best]), [e.answer for e in dev]
+    n = min(ensemble_max, len(ranked))
+    tries = [(k, ranked[:k]) for k in range(2, n + 1)]
+    tries += [(k, [*ranked[:k - 1], partner]) for k in range(2, ensemble_max + 1) if partner and k - 1 <= n]
+    for k, members in tries:
+        ensemble = ensemble_of([c.prompt for c in members])
+        evaluation = combine_evaluations(ensemble, [c.dev for c in members], dev, metric)
+        row = {"k": k, "dev": evaluation.metrics[metric], **({"channel": True} if members[-1] is partner else {})}
         if confidence > 0 and evaluation.metrics[metric] > best.dev.metrics[metric]:
             verdict = judge(metric, gold, side(evaluation), side(best.dev),
                             labels=evaluation.labels or None, confidence=confidence, seed=seed)
             row |= {"gain_low": verdict.gain_low, "supported": verdict.keep_found}
         rows.append(row)
         if evaluation.metrics[metric] > chosen.dev.metrics[metric] and row.get("supported", True):
-            chosen = Chosen(ensemble, evaluation, {})  # (strictly better: ties keep the smaller k)
-    k = len(chosen.prompt.members) if isinstance(chosen.prompt, Ensemble) else 1
+            chosen = Chosen(ensemble, evaluation, {}, members)  # (strictly better: ties keep the smaller k, no partner)
+    k = len(chosen.members)
     chosen.info = {"ensemble": {
         "k": k, "combine": combine_for(best.prompt), "metric": metric,
-        "ranked": [{**c.origin, "dev": c.dev.metrics[metric]} for c in ranked[:len(rows)]],  # the first k are its members
+        "ranked": [{**c.origin, "dev": c.dev.metrics[metric]} for c in ranked[:n]],  # the first k are its members
+        **({"partner": {**partner.origin, "dev": partner.dev.metrics[metric]}} if partner else {}),
+        "channel": partner is not None and chosen.members[-1] is partner,
         "candidates": rows, "confidence": confidence, "note": NOTE}}
     log.info("ensemble of the best k on dev: %s -> k = %d", ", ".join(f"k={r['k']}: {r['dev']:.4f}" for r in rows), k)
     return chosen
+
+
+def ensemble_stage(ctx: Context, rescored: list, dev: list[Example], ensemble_max: int, confidence: float, draws: int,
+                   channel: bool, score: Callable[[Choice], tuple[Prompt, Evaluation]]) -> Chosen:
+    """The ensemble of a search's re-scored trials ((dev, trial value), choice, Candidate), best first: the best
+    one's other demonstration draws and (``channel``) its channel partner join them, choose_ensemble picks."""
+    ranked = [c for _, _, c in with_other_draws(ctx, rescored, draws, score)]
+    partner = channel_partner(ctx, ranked[0], score) if channel else None
+    chosen = choose_ensemble(ranked, dev, ctx.task.metric, ensemble_max, confidence=confidence, seed=ctx.seed,
+                             partner=partner)
+    ctx.run.log({"stage": "ensemble", **chosen.info["ensemble"]})
+    return chosen
+
+
+def channel_partner(ctx: Context, best: Candidate, score: Callable[[Choice], tuple[Prompt, Evaluation]]
+                    ) -> Candidate | None:
+    """The best prompt scored the noisy-channel way (the input's likelihood after each label word, Min et al.
+    2022), on all of dev (``score``): an ensemble partner that errs differently from the prompts the search
+    ranked. None where there is none: no labels, a masked LM, a template of another shape, the time budget."""
+    choice = Choice(**best.origin["choice"])
+    if not best.prompt.is_classification or not ctx.model.is_causal or ctx.budget.spent():
+        return None
+    try:
+        prompt, evaluation = score(replace(choice, channel=True))
+    except (TemplateError, InputTooLong) as exc:
+        log.info("no channel partner for trial %s: %s", best.origin.get("trial"), exc)
+        return None
+    ctx.run.log({"stage": "rescore", "trial": best.origin.get("trial"), "channel": True,
+                 "dev": evaluation.metrics[ctx.task.metric]})
+    return Candidate(prompt, evaluation, {**best.origin, "channel": True, "choice": asdict(replace(choice, channel=True))})
 
 
 def ensemble_of(prompts: list[Prompt]) -> Ensemble:

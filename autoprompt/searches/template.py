@@ -21,7 +21,7 @@ from autoprompt.errors import AutoPromptError, InputTooLong
 from autoprompt.models import fast_twin
 from autoprompt.scoring import Caches, Evaluation, evaluate, measured_calibration
 from autoprompt.searches.base import Context, Found, Method, final_split_examples, opt
-from autoprompt.searches.ensembles import Candidate, choose_ensemble, ensemble_of, with_other_draws
+from autoprompt.searches.ensembles import Candidate, ensemble_of, ensemble_stage
 from autoprompt.searches.proposed import (
     PROPOSALS_FILE,
     Revision,
@@ -86,6 +86,8 @@ class TemplateSearchConfig:
                                      "above zero with this confidence (paired bootstrap, as --confidence): k prompts "
                                      "cost k passes per input. 0: any gain (a stricter rule cost test accuracy, README).",
                                      share=True)
+    channel: bool = opt(True, "Also try the best prompt scored the noisy-channel way (the input's likelihood after "
+                        "each label word) as an ensemble member: ensembles of the best k - 1 with it, chosen on dev.")
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
@@ -277,17 +279,14 @@ def choose_winner(ctx: Context, cfg: TemplateSearchConfig, space: SearchSpace, s
     if not rescored:
         raise AutoPromptError(f"no trial of the best {len(top)} fits every dev input in the model's context")
     rescored.sort(key=lambda r: r[0], reverse=True)  # (stable: of equal ones, the first in trial order)
-    if cfg.ensemble_max > 1:  # the best trial's other demonstration draws join the candidates
-        rescored = with_other_draws(ctx, rescored, space.draws, lambda c: _scored(ctx, space, c, dev, caches))
     _, choice, best = rescored[0]
     if cfg.ensemble_max <= 1:
         return TemplateResult(best.prompt, choice, best.dev.metrics, trial_counts(study), space, best.dev)
-    chosen = choose_ensemble([c for _, _, c in rescored], dev, ctx.task.metric, cfg.ensemble_max,
-                             confidence=cfg.ensemble_confidence, seed=ctx.seed)
-    ctx.run.log({"stage": "ensemble", **chosen.info["ensemble"]})
-    members = [ch for _, ch, _ in rescored[: len(chosen.prompt.members)]] if isinstance(chosen.prompt, Ensemble) else []
-    return TemplateResult(chosen.prompt, choice, chosen.dev.metrics, trial_counts(study), space, chosen.dev,
-                          chosen.info, members)
+    chosen = ensemble_stage(ctx, rescored, dev, cfg.ensemble_max, cfg.ensemble_confidence, space.draws, cfg.channel,
+                            lambda c: _scored(ctx, space, c, dev, caches))
+    members = [Choice(**m.origin["choice"]) for m in chosen.members]  # (the best first: its choice is the run's)
+    return TemplateResult(chosen.prompt, members[0], chosen.dev.metrics, trial_counts(study), space, chosen.dev,
+                          chosen.info, members if len(members) > 1 else [])
 
 
 def _scored(ctx: Context, space: SearchSpace, choice: Choice, dev: list, caches: Caches | None):
