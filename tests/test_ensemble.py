@@ -243,7 +243,7 @@ def test_an_ensemble_needs_a_dev_gain_over_the_best_prompt_that_dev_supports(gai
 
 def _config(tmp_path: Path, **changes) -> TemplateSearchConfig:
     settings = dict(space=str(space_file(tmp_path)), trials=8, pruner="none", trial_dev=20, chunk=10, rescore_top=3,
-                    trial_dtype="fp32", ensemble_max=3)
+                    trial_dtype="fp32", ensemble_max=3, channel=False)  # (the channel partner: test_channel)
     return TemplateSearchConfig(**(settings | changes))
 
 
