@@ -193,7 +193,6 @@ def test_a_hybrid_whose_template_stage_wins_with_an_ensemble_runs_and_ships_the_
     from autoprompt.ensemble import Ensemble
     from autoprompt.scoring import combine_evaluations
     from autoprompt.searches import ensembles
-    from autoprompt.searches import template as template_module
     from autoprompt.searches.hybrid import HybridConfig
     from autoprompt.searches.trigger import TriggerSearchConfig
 
@@ -203,10 +202,10 @@ def test_a_hybrid_whose_template_stage_wins_with_an_ensemble_runs_and_ships_the_
         chosen = real(ranked, dev, metric, ensemble_max, **settings)
         chosen.prompt = ensembles.ensemble_of([c.prompt for c in ranked[:2]])
         chosen.dev = combine_evaluations(chosen.prompt, [c.dev for c in ranked[:2]], dev, metric)
-        chosen.info["ensemble"]["k"] = 2
+        chosen.info["ensemble"]["k"], chosen.members = 2, ranked[:2]
         return chosen
 
-    monkeypatch.setattr(template_module, "choose_ensemble", two_together)
+    monkeypatch.setattr(ensembles, "choose_ensemble", two_together)
 
     task = against_the_manual_prompt(causal_lm)
     space = tmp_path / "space.yaml"
