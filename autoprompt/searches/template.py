@@ -88,7 +88,7 @@ class TemplateSearchConfig:
                                      share=True)
     channel: bool = opt(False, "Also try the best prompt scored the noisy-channel way (the input's likelihood after "
                         "each label word) as an ensemble member: the best k - 1 with it, chosen on dev (off: on SST-2 "
-                        "it won on dev at 3 seeds of 3 and lost 0.4 points of test, README).")
+                        "it won on dev at 3 seeds of 3 and lost 0.4 points of test, docs/results.md).")
     storage: str | None = opt(None, "Optuna storage URL shared by workers (sqlite:///f.db, a journal file "
                               "path ending in .log, postgresql://...; default $AUTOPROMPT_STORAGE, else study.db "
                               "in the run folder). Its password is never written or printed.",
