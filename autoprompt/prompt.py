@@ -77,11 +77,8 @@ class Prompt:
             raise TemplateError(f"demo_k {self.demo_k} needs 0..{len(self.demonstrations)} (the demonstrations pool)")
         if self.demo_per_label:
             self._check_per_label()
-        if self.channel and (self.verbalizer is None or self.demo_k or self.trigger_ids or self.adapter is not None):
-            raise TemplateError("a channel prompt needs labels (a verbalizer), and no triggers, demonstration pool "
-                                "or adapter")
         if self.channel:
-            channel_layout(self.template)  # (raises for a template of another shape)
+            self._check_channel()
         if self.calibration and len(self.calibration) != len(self.verbalizer or {}):
             raise TemplateError("calibration needs one value per label")
         problem = verbalizer_overlap(self.verbalizer) if isinstance(self.verbalizer, dict) else None
@@ -99,6 +96,12 @@ class Prompt:
         if strays:
             raise TemplateError(f"demonstrations per label: the pool has answers {strays} that are not labels "
                                 f"({', '.join(self.verbalizer)})")
+
+    def _check_channel(self) -> None:
+        if self.verbalizer is None or self.demo_k or self.trigger_ids or self.adapter is not None:
+            raise TemplateError("a channel prompt needs labels (a verbalizer), and no triggers, demonstration pool "
+                                "or adapter")
+        channel_layout(self.template)  # (raises for a template of another shape)
 
     @classmethod
     def from_task(cls, task: Task, *, drop_triggers: bool = True) -> Prompt:

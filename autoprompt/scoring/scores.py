@@ -83,9 +83,10 @@ def channel_scores(model: LanguageModel, prompt: Prompt, examples: list[Example]
         raise TemplateError(f"a channel prompt scores the input's likelihood after the label: {model.name} is a "
                             "masked LM; it needs a causal LM")
     form, rows, n_labels = prompt.channel_form(), prompt.channel_rows(examples), len(prompt.labels)
-    log_probs, _, _ = score_targets(model, form, rows, batch_tokens=batch_tokens, progress=progress)
-    tokens = np.array([len(t) for t in target_ids(model, form, rows[::n_labels])], dtype=float)  # (the same per label)
-    scores = log_normalize(log_probs.reshape(len(examples), n_labels) / tokens[:, None] / CHANNEL_TEMPERATURE)
+    queries = _target_queries(model, form, rows, batch_tokens=batch_tokens, progress=progress)
+    tokens = np.bincount(queries.out, minlength=len(rows))  # each input's tokens, as scored (one query per token)
+    per_token = (queries.log_probs / tokens).reshape(len(examples), n_labels)
+    scores = log_normalize(per_token / CHANNEL_TEMPERATURE)
     return calibrate(scores, prompt.calibration) if prompt.calibration else scores
 
 
